@@ -1,0 +1,1 @@
+"""Experiment layer: the parity task, training, sweeps, the results store and reports."""

@@ -1,0 +1,123 @@
+"""The two entry points: `minimize` an energy and solve a `fixed_point`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from eqtheory import backward as backward_modes
+from eqtheory import solvers, stopping
+from eqtheory.backward.base import BackwardMode
+from eqtheory.energies.base import Context, EnergyLike, as_energy
+from eqtheory.loop import DEFAULT_MAX_STEPS, iterate
+from eqtheory.problem import FixedPointProblem, MinimizeProblem, Problem
+from eqtheory.solution import Solution
+from eqtheory.solvers.base import Solver
+from eqtheory.stopping.base import StopRule
+
+DEFAULT_STOP = "residual<1e-6|steps=100"
+
+
+def _solve(
+    problem: Problem,
+    z0: Tensor,
+    *,
+    solver: str | Solver,
+    stop: str | StopRule,
+    backward: str | BackwardMode,
+    readout: Callable[[Tensor], Tensor] | None,
+    max_steps: int,
+    divergence: float,
+    record_terms: bool,
+    solver_options: dict[str, Any],
+) -> Solution:
+    solver_obj = solvers.resolve(solver, **solver_options)
+    rule = stopping.resolve(stop)
+    mode = backward_modes.resolve(backward)
+
+    def run(p: Problem, start: Tensor) -> Solution:
+        return iterate(
+            p, solver_obj, rule, start, readout=readout, max_steps=max_steps,
+            divergence=divergence, record_terms=record_terms,
+        )
+
+    return mode.solve(problem, z0, run)
+
+
+def minimize(
+    energy: EnergyLike,
+    z0: Tensor,
+    *,
+    solver: str | Solver = "gd",
+    stop: str | StopRule = DEFAULT_STOP,
+    backward: str | BackwardMode = "unrolled",
+    context: Context | None = None,
+    readout: Callable[[Tensor], Tensor] | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    divergence: float = 1e6,
+    record_terms: bool = False,
+    **solver_options: Any,
+) -> Solution:
+    """Refine latents by minimising an energy: ``z* = argmin_z E(z; x)`` from ``z0``.
+
+    Args:
+        energy: an `Energy` or any callable ``z: [B, *S] -> [B]``.
+        z0: ``[B, *S]`` start (the one-shot proposal); float32 or float64, any device.
+        solver: a registered name (``solvers.names()``) or a `Solver` object.
+        stop: a stopping-rule spec (``"residual<1e-4|steps=50"``) or a `StopRule`.
+        backward: ``"unrolled"``, ``"implicit"``, ``"phantom"`` or a `BackwardMode`.
+        context: conditioning tensors the energy terms read; ``context["z0"]`` defaults to
+            ``z0`` (the anchor term's proposal), keeping its gradient path.
+        readout: ``z -> logits`` for rules that look at predictions (``stable``, ``adaptive``).
+        max_steps: a hard cap on iterations when the rule has no budget of its own.
+        divergence: a sample diverges once ``||z|| > divergence * (||z0|| + 1)``.
+        record_terms: also trace every energy term (extra evaluations, not counted).
+        **solver_options: keyword options of the named solver; unknown ones raise.
+
+    Returns:
+        A `Solution` (``z [B, *S]``, per-sample ``status``, ``steps``, ``fevals``, ``trace``).
+
+    Example:
+        >>> import torch, eqtheory as eqt
+        >>> sol = eqt.minimize(lambda z: 0.5 * (z ** 2).sum(1), torch.ones(3, 2), step_size=0.5)
+        >>> sol.counts()
+        {'converged': 3}
+    """
+    energy_obj = as_energy(energy)
+    full_context = {"z0": z0, **(context or {})}
+    return _solve(
+        MinimizeProblem(energy_obj, full_context), z0, solver=solver, stop=stop,
+        backward=backward, readout=readout, max_steps=max_steps, divergence=divergence,
+        record_terms=record_terms, solver_options=solver_options,
+    )
+
+
+def fixed_point(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    *,
+    solver: str | Solver = "deq",
+    stop: str | StopRule = DEFAULT_STOP,
+    backward: str | BackwardMode = "unrolled",
+    readout: Callable[[Tensor], Tensor] | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    divergence: float = 1e6,
+    **solver_options: Any,
+) -> Solution:
+    """Solve ``z* = f(z*)`` from ``z0: [B, *S]`` (``f`` must be batch-independent).
+
+    Args are those of `minimize`; the optimality residual is ``G(z) = z - f(z)``.
+
+    Example:
+        >>> import torch, eqtheory as eqt
+        >>> sol = eqt.fixed_point(lambda z: 0.5 * z + 1, torch.zeros(2, 3))
+        >>> torch.allclose(sol.z, torch.full((2, 3), 2.0))
+        True
+    """
+    return _solve(
+        FixedPointProblem(f), z0, solver=solver, stop=stop, backward=backward, readout=readout,
+        max_steps=max_steps, divergence=divergence, record_terms=False,
+        solver_options=solver_options,
+    )

@@ -1,0 +1,36 @@
+"""Backward modes: ``unrolled``, ``implicit`` (IFT), ``phantom`` (truncated)."""
+
+from __future__ import annotations
+
+from eqtheory.backward import implicit, phantom, unrolled  # noqa: F401
+from eqtheory.backward.base import BackwardMode
+from eqtheory.backward.implicit import Implicit
+from eqtheory.backward.linear import conjugate_gradient, fixed_point_adjoint
+from eqtheory.backward.phantom import Phantom
+from eqtheory.backward.registry import BACKWARD
+from eqtheory.backward.unrolled import Unrolled
+
+REGISTRY = BACKWARD
+
+
+def get(name: str) -> type[BackwardMode]:
+    return BACKWARD.get(name)
+
+
+def names() -> list[str]:
+    return BACKWARD.names()
+
+
+def resolve(backward: str | BackwardMode) -> BackwardMode:
+    """A backward-mode object from a registered name (default options) or the object itself."""
+    if isinstance(backward, BackwardMode):
+        return backward
+    if isinstance(backward, str):
+        return BACKWARD.build(backward)
+    raise TypeError(f"backward must be a name or a BackwardMode, got {type(backward).__name__}")
+
+
+__all__ = [
+    "REGISTRY", "BackwardMode", "Implicit", "Phantom", "Unrolled", "conjugate_gradient",
+    "fixed_point_adjoint", "get", "names", "resolve",
+]

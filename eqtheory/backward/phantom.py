@@ -1,0 +1,55 @@
+r"""``phantom``: truncated ("phantom" / Jacobian-free) gradients from k steps at the solution.
+
+Solve without a graph, then take ``k`` damped map steps from ``stopgrad(z*)`` with a graph,
+``z <- z - beta eta G(z)``, and backpropagate through those only (k = 1 is the Jacobian-free
+backward of Fung et al. 2022). The output keeps the value ``z*`` exactly
+(``z* + (z_k - stopgrad z_k)``); its gradient is that of the k steps. Memory is flat in K.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from eqtheory.backward.base import BackwardMode, Run
+from eqtheory.backward.registry import BACKWARD
+from eqtheory.problem import Problem
+from eqtheory.solution import Solution
+
+
+@BACKWARD.register("phantom")
+class Phantom(BackwardMode):
+    """Truncated backward through ``k`` steps.
+
+    Args:
+        k: steps to differentiate through (``k >= 1``).
+        damping: ``beta`` in (0, 1].
+        step_size: ``eta`` (None: 1 for fixed points, 0.1 for energies).
+    """
+
+    name = "phantom"
+
+    def __init__(self, k: int = 1, damping: float = 1.0, step_size: float | None = None) -> None:
+        super().__init__()
+        if int(k) != k or k < 1:
+            raise ValueError(f"phantom needs a whole number k >= 1, got {k!r}")
+        self.k, self.damping, self.step_size = int(k), float(damping), step_size
+
+    def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
+        problem.create_graph = False
+        with torch.no_grad():
+            solution = run(problem, z0.detach())
+        if not torch.is_grad_enabled():
+            return solution
+        eta = problem.default_step_size if self.step_size is None else self.step_size
+        z_star = solution.z.detach()
+        z = z_star
+        problem.create_graph = True
+        try:
+            with torch.enable_grad():
+                for _ in range(self.k):
+                    z = z - self.damping * eta * problem.evaluate(z).optimality
+        finally:
+            problem.create_graph = False
+        solution.z = z_star + (z - z.detach())
+        return solution

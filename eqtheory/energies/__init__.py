@@ -1,0 +1,41 @@
+"""Energy terms: each one file, registered; compose with ``+`` and scalar weights.
+
+>>> from eqtheory import energies
+>>> energies.parse("quadratic+0.5*anchor=2", dim=4).spec()
+'quadratic+0.5*anchor=2'
+"""
+
+from __future__ import annotations
+
+from eqtheory.energies import anchor, double_well, logcosh, quadratic  # noqa: F401
+from eqtheory.energies.anchor import Anchor
+from eqtheory.energies.base import (
+    Context,
+    Energy,
+    EnergyLike,
+    FunctionEnergy,
+    SumEnergy,
+    as_energy,
+)
+from eqtheory.energies.double_well import DoubleWell
+from eqtheory.energies.logcosh import LogCosh
+from eqtheory.energies.parse import parse
+from eqtheory.energies.quadratic import Quadratic, random_spd
+from eqtheory.energies.registry import ENERGIES
+
+REGISTRY = ENERGIES
+
+
+def get(name: str) -> type[Energy]:
+    """The energy class registered as `name` (did-you-mean error if unknown)."""
+    return ENERGIES.get(name)
+
+
+def names() -> list[str]:
+    return ENERGIES.names()
+
+
+__all__ = [
+    "REGISTRY", "Anchor", "Context", "DoubleWell", "Energy", "EnergyLike", "FunctionEnergy",
+    "LogCosh", "Quadratic", "SumEnergy", "as_energy", "get", "names", "parse", "random_spd",
+]

@@ -1,0 +1,57 @@
+r"""``anchor``: the proximal prior (the paper's dynamical prior / quadratic anchor).
+
+.. math:: E_{\text{anchor}}(z) = \frac{\|z - z_0\|^2}{2\gamma}
+
+summed over every non-batch dimension, with ``z0 = context["z0"]`` (the one-shot proposal ``f``;
+`eqtheory.minimize` supplies it). ``gamma = inf`` disables it (no prior), and *no prior is
+gamma -> infinity*, not gamma -> 0 as the paper's Prop. 9 says. Added to a convex energy it makes
+the total ``1/gamma``-strongly convex. ``gamma`` is a buffer; anneal it with `set_gamma`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from eqtheory.energies.base import Context, Energy, per_sample_sum, require
+from eqtheory.energies.registry import ENERGIES
+
+
+@ENERGIES.register("anchor")
+class Anchor(Energy):
+    """Proximal prior ``||z - z0||^2 / (2 gamma)``.
+
+    Args:
+        gamma: ``gamma > 0``; ``math.inf`` gives zero energy.
+
+    Example:
+        >>> import torch
+        >>> z0 = torch.zeros(2, 3)
+        >>> Anchor(gamma=0.5)(torch.ones(2, 3), {"z0": z0})
+        tensor([3., 3.])
+    """
+
+    name = "anchor"
+    primary = "gamma"
+    requires = ("z0",)
+
+    def __init__(self, gamma: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("gamma", torch.tensor(0.0))
+        self.set_gamma(gamma)
+
+    def set_gamma(self, gamma: float) -> None:
+        if not gamma > 0:
+            raise ValueError(f"anchor needs gamma > 0 (inf disables it), got {gamma!r}")
+        self.gamma.fill_(float(gamma))
+
+    def energy(self, z: Tensor, context: Context | None) -> Tensor:
+        z0 = require(context, "z0", term=self.name)
+        if math.isinf(float(self.gamma)):
+            return z.new_zeros(z.shape[0]) * per_sample_sum(z)  # keeps the graph, value 0
+        return per_sample_sum((z - z0) ** 2) / (2 * self.gamma.to(z.dtype))
+
+    def spec(self) -> str:
+        return f"anchor={float(self.gamma):g}"

@@ -1,0 +1,165 @@
+"""The one loop: iterate a solver, freeze finished samples, apply the stopping rule, record.
+
+Per iteration ``k`` and per sample ``i`` still active:
+
+1. ``state' = solver.step(problem, state)`` (for the whole batch: one batched evaluation);
+2. samples whose new iterate, energy or gradient norm is not finite are marked ``NONFINITE`` and
+   keep their last finite state; samples whose iterate norm exceeds
+   ``divergence * (||z_0|| + 1)`` are marked ``DIVERGED``;
+3. the others accept ``state'``; the stopping rule sees the new `StepInfo`; samples it stops get
+   its status; stopped samples are frozen bitwise from then on (``torch.where`` on the state).
+
+The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_STEPS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from eqtheory.energies.base import Energy
+from eqtheory.problem import MinimizeProblem, Problem, batch_norm
+from eqtheory.solution import Solution
+from eqtheory.solvers.base import Solver, State
+from eqtheory.status import Status
+from eqtheory.stopping.base import StepInfo, StopRule
+
+DEFAULT_MAX_STEPS = 1000
+
+
+def _merge(keep_new: Tensor, new: State, old: State) -> State:
+    """Per-sample select: ``new`` where ``keep_new`` ``[B]`` else ``old``; shared values from new."""
+    batch = keep_new.shape[0]
+    merged: State = {}
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch and (
+            isinstance(previous, Tensor) and previous.shape == value.shape
+        ):
+            mask = keep_new.view((batch,) + (1,) * (value.dim() - 1))
+            merged[key] = torch.where(mask, value, previous)
+        else:
+            merged[key] = value
+    return merged
+
+
+def iterate(
+    problem: Problem,
+    solver: Solver,
+    stop: StopRule,
+    z0: Tensor,
+    *,
+    readout: Callable[[Tensor], Tensor] | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    divergence: float = 1e6,
+    record_terms: bool = False,
+) -> Solution:
+    """Run `solver` on `problem` from ``z0: [B, *S]`` until `stop` (or ``max_steps``).
+
+    Returns:
+        A `Solution`; see its docstring for the fields and their shapes.
+    """
+    if problem.kind not in solver.solves:
+        raise ValueError(
+            f"solver {solver.name!r} solves {sorted(solver.solves)} problems, not {problem.kind!r}"
+        )
+    if z0.dim() < 1 or z0.shape[0] == 0:
+        raise ValueError(f"z0 must have shape [B, ...] with B >= 1, got {list(z0.shape)}")
+    has_energy = isinstance(problem, MinimizeProblem)
+    batch, device = z0.shape[0], z0.device
+    readout = readout or (lambda z: z)
+    budget = stop.budget()
+    limit = max_steps if budget is None else min(budget, max_steps)
+    bound = divergence * (batch_norm(z0.detach()) + 1)
+
+    state, init_evals = solver.init(problem, z0)
+    nan = torch.full((batch,), float("nan"), dtype=z0.dtype, device=device)
+    finite = _check_finite(state, has_energy)
+    status = torch.where(finite, int(Status.RUNNING), int(Status.NONFINITE)).to(torch.int64)
+    active = finite.clone()
+    steps = torch.zeros(batch, dtype=torch.int64, device=device)
+    fevals = torch.full((batch,), init_evals, dtype=torch.int64, device=device)
+    batch_fevals = torch.tensor(init_evals * batch, device=device)
+
+    info = StepInfo(0, state["z"], z0, nan, nan, state["energy"], nan, state["grad_norm"], readout)
+    rule_state = stop.init(info)
+    done, codes, rule_state = stop.check(info, rule_state)
+    status = torch.where(active & done, codes, status)
+    active = active & ~done
+    trace = _Trace(problem, record_terms)
+    trace.record(state, nan, active, stop.trace_values(rule_state))
+
+    for k in range(1, limit + 1):
+        if not bool(active.any()):
+            break
+        new, spent = solver.step(problem, state)
+        spent = torch.as_tensor(spent, device=device).expand(batch)
+        batch_fevals = batch_fevals + spent.sum()
+        fevals = fevals + torch.where(active, spent, 0)
+        ok = _check_finite(new, has_energy)
+        diverged = batch_norm(new["z"].detach()) > bound
+        accept = active & ok & ~diverged
+        status = torch.where(active & ~ok, int(Status.NONFINITE), status)
+        status = torch.where(active & ok & diverged, int(Status.DIVERGED), status)
+        residual = batch_norm((new["z"] - state["z"]).detach())
+        relative = residual / (batch_norm(state["z"].detach()) + 1e-12)
+        previous_energy = state["energy"]
+        state = _merge(accept, new, state)
+        steps = steps + accept.long()
+        active = accept
+        info = StepInfo(
+            k, state["z"], z0, residual, relative, state["energy"], previous_energy,
+            state["grad_norm"], readout,
+        )
+        done, codes, new_rule_state = stop.check(info, rule_state)
+        rule_state = _merge(active, new_rule_state, rule_state)
+        status = torch.where(active & done, codes, status)
+        active = active & ~done
+        trace.record(state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state))
+    status = torch.where(active, int(Status.MAX_STEPS), status)
+    return Solution(
+        z=state["z"], status=status, steps=steps, fevals=fevals, batch_fevals=int(batch_fevals),
+        trace=trace.stacked(),
+    )
+
+
+def _check_finite(state: State, has_energy: bool) -> Tensor:
+    z = state["z"]
+    ok = torch.isfinite(z.detach().reshape(z.shape[0], -1)).all(dim=1)
+    ok = ok & torch.isfinite(state["grad_norm"].detach())
+    if has_energy:
+        ok = ok & torch.isfinite(state["energy"].detach())
+    return ok
+
+
+class _Trace:
+    """Accumulates per-step ``[B]`` records and stacks them to ``[K+1, B]``."""
+
+    def __init__(self, problem: Problem, record_terms: bool) -> None:
+        self.rows: dict[str, list[Tensor]] = {}
+        self.terms = (
+            problem.energy
+            if record_terms and isinstance(problem, MinimizeProblem)
+            and isinstance(problem.energy, Energy)
+            else None
+        )
+        self.context = getattr(problem, "context", None)
+
+    def record(
+        self, state: State, residual: Tensor, active: Tensor, extra: dict[str, Tensor]
+    ) -> None:
+        values = {
+            "energy": state["energy"], "grad_norm": state["grad_norm"], "residual": residual,
+            "active": active, **extra,
+        }
+        if self.terms is not None:
+            with torch.no_grad():
+                terms = self.terms.per_term(state["z"].detach(), self.context)
+            values.update({f"term:{name}": value for name, value in terms.items()})
+        for name, value in values.items():
+            self.rows.setdefault(name, []).append(value.detach())
+
+    def stacked(self) -> dict[str, Tensor]:
+        return {name: torch.stack(rows) for name, rows in self.rows.items()}

@@ -1,0 +1,113 @@
+"""Problems a solver works on, written through their optimality condition ``G(z) = 0``.
+
+* `MinimizeProblem`: ``z* = argmin_z E(z; x)``, ``G(z) = grad_z E(z; x)``.
+* `FixedPointProblem`: ``z* = f(z*)``, ``G(z) = z - f(z)``.
+
+Both expose the same map ``T(z) = z - eta * G(z)`` (for a fixed point with ``eta = 1`` this is
+``f``; for an energy it is one gradient step), so every fixed-point solver also minimises
+energies "through the gradient map", and one implicit backward serves both problem kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from eqtheory.energies.base import Context, Energy, FunctionEnergy, check_per_sample
+
+ProblemKind = Literal["minimize", "fixed_point"]
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a problem at ``z: [B, *S]``.
+
+    Attributes:
+        optimality: ``G(z)``, same shape as ``z`` (zero at a solution).
+        energy: ``[B]`` energy, or ``None`` for a fixed-point problem.
+    """
+
+    optimality: Tensor
+    energy: Tensor | None
+
+
+def batch_norm(x: Tensor) -> Tensor:
+    """Per-sample Euclidean norm over every non-batch dimension: ``[B, ...] -> [B]``."""
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
+class Problem:
+    """Common interface; `create_graph` is set by the backward mode (True when unrolled)."""
+
+    kind: ProblemKind
+    default_step_size: float
+    create_graph: bool = False
+
+    def evaluate(self, z: Tensor) -> Evaluation:
+        raise NotImplementedError
+
+    def has_trainable(self) -> bool:
+        """Whether anything the problem reads (parameters, context) may need a gradient;
+        plain callables are assumed to (their closures cannot be inspected)."""
+        raise NotImplementedError
+
+    def value(self, z: Tensor) -> Tensor:
+        """``[B]`` energy without the gradient (line searches); fixed points have none."""
+        raise NotImplementedError(f"a {self.kind} problem has no energy value")
+
+
+class MinimizeProblem(Problem):
+    """Minimise ``energy(z, context)``: ``G(z) = grad_z E``, computed by reverse-mode autograd."""
+
+    kind: ProblemKind = "minimize"
+    default_step_size = 0.1
+
+    def __init__(self, energy: Energy, context: Context | None = None) -> None:
+        self.energy = energy
+        self.context = context
+
+    def has_trainable(self) -> bool:
+        if isinstance(self.energy, FunctionEnergy):
+            return True
+        tensors = [*self.energy.parameters(), *(self.context or {}).values()]
+        return any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+
+    def value(self, z: Tensor) -> Tensor:
+        return check_per_sample(self.energy(z, self.context), z, what="the energy")
+
+    def evaluate(self, z: Tensor) -> Evaluation:
+        with torch.enable_grad():
+            z_in = z if (self.create_graph and z.requires_grad) else z.detach().requires_grad_()
+            energy = self.value(z_in)
+            (grad,) = torch.autograd.grad(energy.sum(), z_in, create_graph=self.create_graph)
+        if not self.create_graph:
+            return Evaluation(optimality=grad.detach(), energy=energy.detach())
+        return Evaluation(optimality=grad, energy=energy)
+
+
+class FixedPointProblem(Problem):
+    """Solve ``z = f(z)``: ``G(z) = z - f(z)``."""
+
+    kind: ProblemKind = "fixed_point"
+    default_step_size = 1.0
+
+    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
+        self.f = f
+
+    def has_trainable(self) -> bool:
+        if isinstance(self.f, torch.nn.Module):
+            return any(p.requires_grad for p in self.f.parameters())
+        return True
+
+    def evaluate(self, z: Tensor) -> Evaluation:
+        with torch.set_grad_enabled(self.create_graph and torch.is_grad_enabled()):
+            fz = self.f(z)
+        if fz.shape != z.shape:
+            raise ValueError(
+                f"the map f must return the shape of z {list(z.shape)}, got {list(fz.shape)}"
+            )
+        return Evaluation(optimality=z - fz, energy=None)

@@ -1,0 +1,105 @@
+"""Name -> component registries with did-you-mean errors.
+
+Every family (energies, solvers, stopping rules, backward modes, tasks) keeps one `Registry`,
+filled by the `@REGISTRY.register("name")` decorator in the file that defines the component.
+The CLI, the docs components table and the contract tests all read these registries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """A name that is not registered; the message lists the valid names and a close match."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownOptionError(TypeError, ValueError):
+    """A keyword option that a component does not accept; the message lists the valid ones."""
+
+
+def did_you_mean(name: str, valid: list[str], *, kind: str, context: str | None = None) -> str:
+    """Return the one-line error message for an unknown `name` of family `kind`."""
+    where = f" in {context!r}" if context else ""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{where}{hint} valid: {', '.join(sorted(valid))}"
+
+
+def check_options(
+    target: Callable[..., Any], options: dict[str, Any], *, kind: str, name: str
+) -> None:
+    """Raise `UnknownOptionError` if `options` has a key that `target`'s signature lacks."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownOptionError(
+                f"unknown option {key!r} for {kind} {name!r}{hint} "
+                f"valid: {', '.join(sorted(valid)) or '(none)'}"
+            )
+
+
+class Registry(Generic[T]):
+    """A named family of components.
+
+    Args:
+        kind: what one entry is, used in error messages (e.g. ``"solver"``).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: register the decorated class or function under `name`."""
+
+        def decorate(component: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = component
+            return component
+
+        return decorate
+
+    def get(self, name: str, *, context: str | None = None) -> T:
+        """Return the component registered as `name`, or raise `UnknownNameError`."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(
+                did_you_mean(name, list(self._entries), kind=self.kind, context=context)
+            ) from None
+
+    def build(self, name: str, /, **options: Any) -> Any:
+        """Instantiate `name` with keyword `options`, rejecting options it does not take."""
+        component = self.get(name)
+        check_options(component, options, kind=self.kind, name=name)
+        return component(**options)  # type: ignore[operator]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._entries.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

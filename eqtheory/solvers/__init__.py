@@ -1,0 +1,52 @@
+"""Solvers: one protocol (``init``/``step``); `eqtheory.loop` owns stopping and statuses.
+
+>>> from eqtheory import solvers
+>>> solvers.names()
+['anderson', 'broyden', 'deq', 'diffusion', 'gd', 'picard', 'ttt']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eqtheory.solvers import anderson, broyden, deq, diffusion, gd, picard, ttt  # noqa: F401
+from eqtheory.solvers.anderson import Anderson
+from eqtheory.solvers.base import Solver, State, observe
+from eqtheory.solvers.broyden import Broyden
+from eqtheory.solvers.deq import DEQ
+from eqtheory.solvers.diffusion import Diffusion
+from eqtheory.solvers.gd import GradientDescent
+from eqtheory.solvers.picard import Picard
+from eqtheory.solvers.registry import SOLVERS
+from eqtheory.solvers.ttt import TestTimeTraining
+
+REGISTRY = SOLVERS
+
+
+def get(name: str) -> type[Solver]:
+    """The solver class registered as `name` (did-you-mean error if unknown)."""
+    return SOLVERS.get(name)
+
+
+def names() -> list[str]:
+    return SOLVERS.names()
+
+
+def resolve(solver: str | Solver, **options: Any) -> Solver:
+    """A solver object from a registered name and keyword options, or the object itself."""
+    if isinstance(solver, Solver):
+        if options:
+            raise TypeError(
+                f"options {sorted(options)} were given with a solver object; "
+                "set them on the object instead"
+            )
+        return solver
+    if isinstance(solver, str):
+        return SOLVERS.build(solver, **options)
+    raise TypeError(f"solver must be a name or a Solver, got {type(solver).__name__}")
+
+
+__all__ = [
+    "DEQ", "REGISTRY", "Anderson", "Broyden", "Diffusion", "GradientDescent", "Picard", "Solver",
+    "State", "TestTimeTraining", "get", "names", "observe", "resolve",
+]

@@ -1,0 +1,68 @@
+"""The solver protocol: ``init(problem, z0)`` and ``step(problem, state)``; no loops, no statuses.
+
+A solver's state is a dict. Tensors in it with leading dimension ``B`` are per-sample and are
+frozen by the loop once a sample stops; any other value (Python numbers, generators, 0-d
+tensors) is shared. Every state holds ``z`` (the iterate), ``energy`` (``[B]``, NaN for
+fixed-point problems) and ``grad_norm`` (``[B]``, ``||G(z)||``) at the current iterate, so one
+evaluation per step serves both the update and the stopping rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eqtheory.problem import Problem, batch_norm
+
+State = dict[str, Any]
+
+
+def observe(problem: Problem, z: Tensor) -> State:
+    """Evaluate `problem` at ``z``: ``{"z", "G", "energy", "grad_norm"}``."""
+    evaluation = problem.evaluate(z)
+    energy = evaluation.energy
+    if energy is None:
+        energy = torch.full((z.shape[0],), float("nan"), dtype=z.dtype, device=z.device)
+    return {
+        "z": z,
+        "G": evaluation.optimality,
+        "energy": energy,
+        "grad_norm": batch_norm(evaluation.optimality),
+    }
+
+
+class Solver(nn.Module):
+    """Base class. `solves` names the problem kinds a solver handles; `deterministic` is False
+    for solvers that draw noise (their batch results then depend on the batch's composition)."""
+
+    name: str = "solver"
+    solves: frozenset[str] = frozenset({"minimize", "fixed_point"})
+
+    @property
+    def deterministic(self) -> bool:
+        return True
+
+    def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
+        """Return the state at ``z0`` and the evaluations spent (per sample)."""
+        return observe(problem, z0), 1
+
+    def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
+        """One iteration: the new state and the evaluations spent on each sample."""
+        raise NotImplementedError
+
+    def step_size_for(self, problem: Problem, step_size: float | None) -> float:
+        """``eta`` of the map ``T(z) = z - eta G(z)``: the given one, else the problem's default
+        (1 for fixed points, the paper's alpha = 0.1 for energies)."""
+        return problem.default_step_size if step_size is None else float(step_size)
+
+
+def flat(x: Tensor) -> Tensor:
+    """``[B, *S] -> [B, n]``."""
+    return x.reshape(x.shape[0], -1)
+
+
+def bdot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product of ``[B, n]`` tensors: ``[B]``."""
+    return (a * b).sum(dim=-1)

@@ -1,0 +1,38 @@
+r"""Damped fixed-point (Picard / Krasnoselskii-Mann) iteration.
+
+.. math:: z_{k+1} = (1 - \beta) z_k + \beta\, T(z_k), \qquad T(z) = z - \eta\, G(z)
+
+For a fixed point ``T = f`` (``eta = 1``); for an energy ``T`` is a gradient step, so damped
+iteration on it is gradient descent with step ``beta * eta``. Converges linearly when ``T`` is a
+contraction (rate ``1 - beta + beta * Lip(T)``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from eqtheory.problem import Problem
+from eqtheory.solvers.base import Solver, State, observe
+from eqtheory.solvers.registry import SOLVERS
+
+
+@SOLVERS.register("picard")
+class Picard(Solver):
+    """Damped iteration.
+
+    Args:
+        damping: ``beta`` in (0, 1].
+        step_size: ``eta`` of the map (None: 1 for fixed points, 0.1 for energies).
+    """
+
+    name = "picard"
+
+    def __init__(self, damping: float = 1.0, step_size: float | None = None) -> None:
+        super().__init__()
+        if not 0 < damping <= 1:
+            raise ValueError(f"picard needs 0 < damping <= 1, got {damping!r}")
+        self.damping, self.step_size = float(damping), step_size
+
+    def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
+        eta = self.step_size_for(problem, self.step_size)
+        return observe(problem, state["z"] - self.damping * eta * state["G"]), 1

@@ -1,0 +1,75 @@
+r"""Test-time training: gradient steps on per-sample fast weights, then latents from them.
+
+The latents are produced from the proposal by a low-rank adapter with per-sample fast weights
+``theta = (U, V, b)``, acting on the last (feature) dimension ``d``:
+
+.. math:: z(\theta) = z_0 + (z_0 U) V + b, \quad U: [d, r],\; V: [r, d],\; b: [d]
+
+and each step is one gradient step on the weights, ``theta <- theta - alpha grad_theta E(z(theta))``
+(chain rule: ``grad_b = sum_pos g``, ``grad_V = (z_0 U)^T g``, ``grad_U = z_0^T (g V^T)`` with
+``g = grad_z E``). ``U`` starts at ``init_scale * I[:, :r]``, ``V`` and ``b`` at 0, so the first
+latents are ``z_0`` exactly (no refinement at K = 0) and the start is batch-independent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from eqtheory.problem import Problem
+from eqtheory.solvers.base import Solver, State, observe
+from eqtheory.solvers.registry import SOLVERS
+
+
+@SOLVERS.register("ttt")
+class TestTimeTraining(Solver):
+    """Test-time training of a low-rank-plus-bias adapter.
+
+    Args:
+        rank: ``r >= 0`` (``r = 0``: bias only, which is plain gradient descent on ``z``).
+        step_size: ``alpha > 0`` of the inner gradient steps on the fast weights.
+        init_scale: scale of ``U``'s initial value.
+    """
+
+    name = "ttt"
+    __test__ = False  # not a pytest class despite its name
+    solves = frozenset({"minimize"})
+
+    def __init__(self, rank: int = 4, step_size: float = 0.1, init_scale: float = 0.1) -> None:
+        super().__init__()
+        if int(rank) != rank or rank < 0:
+            raise ValueError(f"ttt needs a whole number rank >= 0, got {rank!r}")
+        if not step_size > 0:
+            raise ValueError(f"ttt needs step_size > 0, got {step_size!r}")
+        self.rank, self.step_size, self.init_scale = int(rank), float(step_size), init_scale
+
+    def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
+        batch, d = z0.shape[0], z0.shape[-1]
+        rank = min(self.rank, d)
+        eye = torch.eye(d, rank, dtype=z0.dtype, device=z0.device)
+        state = observe(problem, z0)
+        state["z0"] = z0
+        state["U"] = (self.init_scale * eye).expand(batch, d, rank).clone()
+        state["V"] = z0.new_zeros(batch, rank, d)
+        state["b"] = z0.new_zeros(batch, d)
+        return state, 1
+
+    @staticmethod
+    def latents(z0: Tensor, U: Tensor, V: Tensor, b: Tensor) -> Tensor:
+        """``z(theta) = z0 + (z0 U) V + b`` for ``z0: [B, *S, d]``."""
+        tokens = z0.reshape(z0.shape[0], -1, z0.shape[-1])  # (B, N, d)
+        z = tokens + (tokens @ U) @ V + b[:, None, :]
+        return z.reshape(z0.shape)
+
+    def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
+        z0, U, V, b = state["z0"], state["U"], state["V"], state["b"]
+        tokens = z0.reshape(z0.shape[0], -1, z0.shape[-1])  # (B, N, d)
+        g = state["G"].reshape(tokens.shape)  # (B, N, d)
+        projected = tokens @ U  # (B, N, r)
+        grad_b = g.sum(dim=1)
+        grad_V = projected.transpose(1, 2) @ g
+        grad_U = tokens.transpose(1, 2) @ (g @ V.transpose(1, 2))
+        U, V, b = U - self.step_size * grad_U, V - self.step_size * grad_V, b - self.step_size * grad_b
+        new = observe(problem, self.latents(z0, U, V, b))
+        new.update(z0=z0, U=U, V=V, b=b)
+        return new, 1

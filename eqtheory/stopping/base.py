@@ -1,0 +1,169 @@
+"""Stopping rules: per-sample predicates on the solver's progress, composable with ``|``/``&``.
+
+A rule is evaluated once per loop iteration on a `StepInfo` and returns ``(done [B] bool,
+status [B] int64, state)``; rules keep what they remember (previous argmax, halting mass, ...)
+in an explicit ``state`` dict, so one rule object can serve many solves. ``a | b`` stops a
+sample when either rule fires (status of the first that fired, left first); ``a & b`` stops it
+when both have fired (``CONVERGED`` if either part reports convergence, else the left's status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from eqtheory.status import Status
+
+RuleState = dict[str, Tensor]
+
+
+@dataclass
+class StepInfo:
+    """What a stopping rule may read after ``step`` iterations (``step = 0`` is the start).
+
+    Attributes:
+        step: loop iterations done so far.
+        z: ``[B, *S]`` current iterate; ``z0``: ``[B, *S]`` the start.
+        residual: ``[B]`` ``||z_k - z_{k-1}||`` (NaN at step 0).
+        relative_residual: ``[B]`` ``residual / (||z_{k-1}|| + 1e-12)``.
+        energy: ``[B]`` energy at ``z`` (NaN for fixed-point problems); ``energy_prev`` the last one.
+        grad_norm: ``[B]`` ``||G(z)||``, the optimality residual (gradient norm for energies).
+        readout: maps ``z`` to logits ``[B, ..., V]``; identity when the caller gave none.
+    """
+
+    step: int
+    z: Tensor
+    z0: Tensor
+    residual: Tensor
+    relative_residual: Tensor
+    energy: Tensor
+    energy_prev: Tensor
+    grad_norm: Tensor
+    readout: Callable[[Tensor], Tensor] = field(default=lambda z: z)
+    _logits: Tensor | None = field(default=None, repr=False)
+
+    def logits(self) -> Tensor:
+        """``readout(z)``, computed once per step."""
+        if self._logits is None:
+            self._logits = self.readout(self.z)
+        return self._logits
+
+
+def status_like(done: Tensor, status: Status) -> Tensor:
+    """``[B]`` int64 tensor filled with `status`."""
+    return torch.full(done.shape, int(status), dtype=torch.int64, device=done.device)
+
+
+class StopRule(nn.Module):
+    """Base class. Subclasses set `name` and implement `check` (and `init` if they keep state)."""
+
+    name: str = "rule"
+
+    def init(self, info: StepInfo) -> RuleState:
+        """State before the first step (``info.step == 0``)."""
+        del info
+        return {}
+
+    def check(self, info: StepInfo, state: RuleState) -> tuple[Tensor, Tensor, RuleState]:
+        raise NotImplementedError
+
+    def budget(self) -> int | None:
+        """An upper bound on the steps this rule allows, or ``None`` if it has none."""
+        return None
+
+    def trace_values(self, state: RuleState) -> dict[str, Tensor]:
+        """Per-sample ``[B]`` values to record in the solution's trace at each step."""
+        del state
+        return {}
+
+    def spec(self) -> str:
+        return self.name
+
+    def __or__(self, other: StopRule) -> AnyRule:
+        return AnyRule([*_parts(self, AnyRule), *_parts(other, AnyRule)])
+
+    def __and__(self, other: StopRule) -> AllRule:
+        return AllRule([*_parts(self, AllRule), *_parts(other, AllRule)])
+
+    def extra_repr(self) -> str:
+        return self.spec()
+
+
+def _parts(rule: StopRule, kind: type) -> list[StopRule]:
+    if not isinstance(rule, StopRule):
+        raise TypeError(f"can only combine stopping rules, got {type(rule).__name__}")
+    return list(rule.rules) if isinstance(rule, kind) else [rule]
+
+
+class _Combined(StopRule):
+    symbol = "?"
+
+    def __init__(self, rules: list[StopRule]) -> None:
+        super().__init__()
+        self.rules = nn.ModuleList(rules)
+
+    def init(self, info: StepInfo) -> RuleState:
+        return {f"{i}.{k}": v for i, r in enumerate(self.rules) for k, v in r.init(info).items()}
+
+    def _split(self, state: RuleState, i: int) -> RuleState:
+        prefix = f"{i}."
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    def _check_all(self, info: StepInfo, state: RuleState):
+        results, new_state = [], {}
+        for i, rule in enumerate(self.rules):
+            done, code, sub = rule.check(info, self._split(state, i))
+            results.append((done, code))
+            new_state.update({f"{i}.{k}": v for k, v in sub.items()})
+        return results, new_state
+
+    def trace_values(self, state: RuleState) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for i, rule in enumerate(self.rules):
+            out.update(rule.trace_values(self._split(state, i)))
+        return out
+
+    def spec(self) -> str:
+        parts = []
+        for rule in self.rules:
+            text = rule.spec()
+            parts.append(f"({text})" if isinstance(rule, _Combined) else text)
+        return self.symbol.join(parts)
+
+
+class AnyRule(_Combined):
+    """Stop a sample when any part fires; its status is that of the first part that fired."""
+
+    symbol = "|"
+
+    def check(self, info: StepInfo, state: RuleState) -> tuple[Tensor, Tensor, RuleState]:
+        results, new_state = self._check_all(info, state)
+        done, code = results[-1]
+        for part_done, part_code in reversed(results[:-1]):
+            code = torch.where(part_done, part_code, code)
+            done = done | part_done
+        return done, code, new_state
+
+    def budget(self) -> int | None:
+        budgets = [b for b in (r.budget() for r in self.rules) if b is not None]
+        return min(budgets) if budgets else None
+
+
+class AllRule(_Combined):
+    """Stop a sample when every part has fired at the same step."""
+
+    symbol = "&"
+
+    def check(self, info: StepInfo, state: RuleState) -> tuple[Tensor, Tensor, RuleState]:
+        results, new_state = self._check_all(info, state)
+        done = torch.stack([d for d, _ in results]).all(dim=0)
+        converged = torch.stack([c == Status.CONVERGED for _, c in results]).any(dim=0)
+        code = torch.where(converged, status_like(done, Status.CONVERGED), results[0][1])
+        return done, code, new_state
+
+    def budget(self) -> int | None:
+        budgets = [r.budget() for r in self.rules]
+        return None if any(b is None for b in budgets) else max(budgets)  # type: ignore[type-var]
