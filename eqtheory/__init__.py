@@ -7,7 +7,7 @@
 True
 """
 
-from eqtheory import backward, energies, solvers, stopping
+from eqtheory import backward, energies, solvers, stopping, variants
 from eqtheory.api import DEFAULT_STOP, fixed_point, minimize
 from eqtheory.problem import FixedPointProblem, MinimizeProblem, Problem
 from eqtheory.registry import UnknownNameError, UnknownOptionError
@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_STOP", "FixedPointProblem", "MinimizeProblem", "Problem", "Solution", "SpecError",
     "Status", "UnknownNameError", "UnknownOptionError", "backward", "energies", "fixed_point",
-    "minimize", "solvers", "stopping",
+    "minimize", "solvers", "stopping", "variants",
 ]

@@ -7,7 +7,18 @@
 
 from __future__ import annotations
 
-from eqtheory.energies import anchor, double_well, logcosh, quadratic  # noqa: F401
+from eqtheory.energies import (  # noqa: F401  (importing a term's file registers it)
+    anchor,
+    bidir,
+    confidence,
+    consist,
+    double_well,
+    logcosh,
+    mask,
+    memory,
+    quadratic,
+    smooth,
+)
 from eqtheory.energies.anchor import Anchor
 from eqtheory.energies.base import (
     Context,
@@ -17,11 +28,17 @@ from eqtheory.energies.base import (
     SumEnergy,
     as_energy,
 )
+from eqtheory.energies.bidir import Bidir
+from eqtheory.energies.confidence import Confidence
+from eqtheory.energies.consist import Consist
 from eqtheory.energies.double_well import DoubleWell
 from eqtheory.energies.logcosh import LogCosh
+from eqtheory.energies.mask import Mask, random_mask
+from eqtheory.energies.memory import Memory
 from eqtheory.energies.parse import parse
 from eqtheory.energies.quadratic import Quadratic, random_spd
 from eqtheory.energies.registry import ENERGIES
+from eqtheory.energies.smooth import Smooth
 
 REGISTRY = ENERGIES
 
@@ -36,6 +53,7 @@ def names() -> list[str]:
 
 
 __all__ = [
-    "REGISTRY", "Anchor", "Context", "DoubleWell", "Energy", "EnergyLike", "FunctionEnergy",
-    "LogCosh", "Quadratic", "SumEnergy", "as_energy", "get", "names", "parse", "random_spd",
+    "REGISTRY", "Anchor", "Bidir", "Confidence", "Consist", "Context", "DoubleWell", "Energy",
+    "EnergyLike", "FunctionEnergy", "LogCosh", "Mask", "Memory", "Quadratic", "Smooth",
+    "SumEnergy", "as_energy", "get", "names", "parse", "random_mask", "random_spd",
 ]

@@ -44,11 +44,14 @@ def per_sample_sum(values: Tensor) -> Tensor:
 class Energy(nn.Module):
     """Base class of energy terms: ``forward(z, context) -> [B]``.
 
-    Subclasses implement `energy` and set `name`. `requires` lists the context keys they read.
+    Subclasses implement `energy` and set `name`. `requires` lists the context keys they read;
+    `latent_layout` says which latents the term is built for: ``"sequence"`` (``[B, T, dim]``,
+    the model's latents) or ``"flat"`` (``[B, dim]``, analytic energies over a feature vector).
     """
 
     name: str = "energy"
     requires: tuple[str, ...] = ()
+    latent_layout: str = "sequence"
 
     def forward(self, z: Tensor, context: Context | None = None) -> Tensor:
         return self.energy(z, context)

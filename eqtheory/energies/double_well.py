@@ -26,6 +26,7 @@ class DoubleWell(Energy):
     """
 
     name = "double_well"
+    latent_layout = "flat"
 
     def __init__(self, scale: float = 1.0, tilt: float = 0.0) -> None:
         super().__init__()

@@ -2,8 +2,9 @@
 
 Grammar (see `eqtheory.spec`): ``sum := [weight '*'] term ('+' [weight '*'] term)*`` where a
 term is ``name``, ``name(key=value,...)`` or ``name=value`` (the term's primary option, e.g.
-``anchor=10`` for ``gamma = 10``). Keyword ``dims`` (``dim``, ``vocab``, ``window``, ...) are
-passed to every term whose constructor takes them; a dim no term takes is an error.
+``anchor=10`` for ``gamma = 10``). Keyword ``dims`` (one of `BUILD_DIMS`: ``dim``, ``vocab``,
+``window``) are shared sizes, passed to every term whose constructor takes them; any other
+keyword is an error.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 
 from eqtheory.energies.base import Energy, SumEnergy
 from eqtheory.energies.registry import ENERGIES
-from eqtheory.registry import UnknownOptionError, check_options
+from eqtheory.registry import UnknownOptionError, check_options, did_you_mean
 from eqtheory.spec import SpecError, Tokens
+
+
+BUILD_DIMS = ("dim", "vocab", "window")
 
 
 def _accepts(cls: type, key: str) -> bool:
@@ -25,9 +29,11 @@ def parse(text: str, **dims: Any) -> Energy:
     """Build the energy a spec string names. A single unweighted term is returned as itself."""
     if not text or not text.strip():
         raise SpecError("empty energy spec; e.g. 'bidir+0.1*memory'")
+    for key in dims:
+        if key not in BUILD_DIMS:
+            raise UnknownOptionError(did_you_mean(key, list(BUILD_DIMS), kind="build dim"))
     tokens = Tokens(text)
     terms: list[tuple[float, Energy]] = []
-    used: set[str] = set()
     while True:
         weight = 1.0
         token = tokens.peek()
@@ -46,15 +52,11 @@ def parse(text: str, **dims: Any) -> Energy:
         for key, value in dims.items():
             if key not in options and _accepts(cls, key):
                 options[key] = value
-                used.add(key)
         terms.append((weight, cls(**options)))
         if not tokens.at("+"):
             break
         tokens.take("op", "+")
     tokens.done()
-    unused = sorted(set(dims) - used)
-    if unused:
-        raise UnknownOptionError(f"dims {unused} are taken by no term of {text!r}")
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
     return SumEnergy(terms)

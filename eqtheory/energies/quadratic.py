@@ -39,6 +39,7 @@ class Quadratic(Energy):
     """
 
     name = "quadratic"
+    latent_layout = "flat"
 
     def __init__(
         self,

@@ -3,11 +3,15 @@ r"""Test-time training: gradient steps on per-sample fast weights, then latents 
 The latents are produced from the proposal by a low-rank adapter with per-sample fast weights
 ``theta = (U, V, b)``, acting on the last (feature) dimension ``d``:
 
-.. math:: z(\theta) = z_0 + (z_0 U) V + b, \quad U: [d, r],\; V: [r, d],\; b: [d]
+.. math:: z(\theta) = z_0 + (\hat z_0 U) V + b, \quad U: [d, r],\; V: [r, d],\; b: [d],
+          \quad \hat z_0 = z_0 / \|z_0\|_{\text{token}}
 
-and each step is one gradient step on the weights, ``theta <- theta - alpha grad_theta E(z(theta))``
-(chain rule: ``grad_b = sum_pos g``, ``grad_V = (z_0 U)^T g``, ``grad_U = z_0^T (g V^T)`` with
-``g = grad_z E``). ``U`` starts at ``init_scale * I[:, :r]``, ``V`` and ``b`` at 0, so the first
+(the adapter reads unit-norm token features, so its curvature does not scale with
+``||z_0||^2``), and each step is one gradient step on the weights,
+``theta <- theta - alpha grad_theta E(z(theta))`` (chain rule: ``grad_b = sum_pos g``,
+``grad_V = (hat z_0 U)^T g``, ``grad_U = hat z_0^T (g V^T)`` with ``g = grad_z E``). The problem
+in ``theta`` is bilinear, hence nonconvex: stability needs ``alpha (1 + ||U||^2 + ||V||^2) L < 2``
+roughly, which the default ``init_scale`` keeps for ``alpha <= 1/L``. ``U`` starts at ``init_scale * I[:, :r]``, ``V`` and ``b`` at 0, so the first
 latents are ``z_0`` exactly (no refinement at K = 0) and the start is batch-independent.
 """
 
@@ -55,15 +59,20 @@ class TestTimeTraining(Solver):
         return state, 1
 
     @staticmethod
-    def latents(z0: Tensor, U: Tensor, V: Tensor, b: Tensor) -> Tensor:
-        """``z(theta) = z0 + (z0 U) V + b`` for ``z0: [B, *S, d]``."""
+    def features(z0: Tensor) -> Tensor:
+        """Unit-norm token features ``hat z0: [B, N, d]`` of ``z0: [B, *S, d]``."""
         tokens = z0.reshape(z0.shape[0], -1, z0.shape[-1])  # (B, N, d)
-        z = tokens + (tokens @ U) @ V + b[:, None, :]
+        return tokens / (torch.linalg.vector_norm(tokens, dim=-1, keepdim=True) + 1e-12)
+
+    @classmethod
+    def latents(cls, z0: Tensor, U: Tensor, V: Tensor, b: Tensor) -> Tensor:
+        """``z(theta) = z0 + (hat z0 U) V + b`` for ``z0: [B, *S, d]``."""
+        z = z0.reshape(z0.shape[0], -1, z0.shape[-1]) + (cls.features(z0) @ U) @ V + b[:, None, :]
         return z.reshape(z0.shape)
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         z0, U, V, b = state["z0"], state["U"], state["V"], state["b"]
-        tokens = z0.reshape(z0.shape[0], -1, z0.shape[-1])  # (B, N, d)
+        tokens = self.features(z0)  # (B, N, d)
         g = state["G"].reshape(tokens.shape)  # (B, N, d)
         projected = tokens @ U  # (B, N, r)
         grad_b = g.sum(dim=1)

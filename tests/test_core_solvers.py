@@ -1,0 +1,109 @@
+"""Contract tests over every registered solver (a new solver is tested once registered)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+
+import eqtheory as eqt
+from tests.helpers import build_solver, solver_kinds
+
+SOLVERS = eqt.solvers.names()
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_every_solver_declares_its_problems_and_takes_a_step_size(name):
+    cls = eqt.solvers.get(name)
+    assert cls.solves and cls.solves <= {"minimize", "fixed_point"}
+    assert "step_size" in inspect.signature(cls).parameters
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+@settings(max_examples=6)
+@given(
+    dim=st.integers(1, 6),
+    condition=st.floats(1.0, 20.0),
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 4),
+)
+def test_converges_to_the_closed_form_minimiser_of_spd_quadratics(name, dim, condition, seed, batch):
+    """float64, random SPD A with cond(A) = condition: z* = A^{-1} b to 1e-8."""
+    if "minimize" not in eqt.solvers.get(name).solves:
+        pytest.skip(f"{name} does not minimise energies")
+    mu, L = 1.0, condition
+    energy = eqt.energies.Quadratic(dim=dim, mu=mu, L=L, seed=seed)
+    z0 = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    note(f"mu={mu} L={L} dim={dim}")
+    with torch.no_grad():
+        sol = eqt.minimize(
+            energy, z0, solver=build_solver(name, 1.0 / (L + mu)), stop="grad<1e-11|steps=20000"
+        )
+    assert sol.counts() == {"converged": batch}, sol.messages()
+    assert torch.allclose(sol.z, energy.minimiser(batch), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", [n for n in SOLVERS if "fixed_point" in eqt.solvers.get(n).solves])
+@settings(max_examples=6)
+@given(lipschitz=st.floats(0.1, 0.9), dim=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_fixed_point_solvers_solve_contractions(name, lipschitz, dim, seed):
+    """z = c tanh(W z + x) with ||W||_2 = 1 is a c-contraction; residual ||f(z) - z|| < 1e-10."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+    W = W / torch.linalg.matrix_norm(W, ord=2)
+    x = torch.randn(3, dim, generator=gen, dtype=torch.float64)
+
+    def f(z):
+        return lipschitz * torch.tanh(z @ W.T + x)
+
+    with torch.no_grad():
+        sol = eqt.fixed_point(f, torch.zeros(3, dim, dtype=torch.float64), solver=name,
+                              stop="grad<1e-12|steps=2000")
+    assert sol.counts() == {"converged": 3}, sol.messages()
+    assert float((f(sol.z) - sol.z).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_float32_works_and_keeps_dtype(name):
+    if "minimize" not in eqt.solvers.get(name).solves:
+        pytest.skip(f"{name} does not minimise energies")
+    energy = eqt.energies.Quadratic(dim=4, mu=1.0, L=4.0).float()
+    z0 = torch.zeros(2, 4)
+    with torch.no_grad():
+        sol = eqt.minimize(energy, z0, solver=build_solver(name, 0.2), stop="grad<1e-4|steps=3000")
+    assert sol.z.dtype == torch.float32
+    assert sol.counts() == {"converged": 2}, sol.messages()
+    assert torch.allclose(sol.z, energy.minimiser(2).float(), atol=1e-3)
+
+
+@pytest.mark.parametrize(("name", "kind"), solver_kinds())
+def test_solution_fields_have_the_documented_shapes(name, kind):
+    z0 = torch.zeros(3, 2, 4, dtype=torch.float64)
+    if kind == "minimize":
+        sol = eqt.minimize(lambda z: 0.5 * (z**2).flatten(1).sum(1), z0 + 1,
+                           solver=build_solver(name, 0.5), stop="steps=5")
+    else:
+        sol = eqt.fixed_point(lambda z: 0.5 * z + 1, z0, solver=build_solver(name, 1.0),
+                              stop="steps=5")
+    assert sol.z.shape == z0.shape
+    assert sol.status.shape == sol.steps.shape == sol.fevals.shape == (3,)
+    assert (sol.status == eqt.Status.MAX_STEPS).all()
+    assert (sol.steps == 5).all() and (sol.fevals >= 6).all()
+    assert sol.batch_fevals >= int(sol.fevals.sum())
+    for name_, rows in sol.trace.items():
+        assert rows.shape == (6, 3), name_
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name", SOLVERS)
+def test_runs_on_cuda(name):
+    if "minimize" not in eqt.solvers.get(name).solves:
+        pytest.skip(f"{name} does not minimise energies")
+    energy = eqt.energies.Quadratic(dim=4, mu=1.0, L=4.0).cuda()
+    z0 = torch.zeros(2, 4, dtype=torch.float64, device="cuda")
+    sol = eqt.minimize(energy, z0, solver=build_solver(name, 0.2), stop="grad<1e-8|steps=5000")
+    assert sol.z.is_cuda and sol.counts() == {"converged": 2}
+    assert torch.allclose(sol.z, energy.minimiser(2), atol=1e-6)
