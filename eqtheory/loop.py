@@ -3,11 +3,13 @@
 Per iteration ``k`` and per sample ``i`` still active:
 
 1. ``state' = solver.step(problem, state)`` (for the whole batch: one batched evaluation);
-2. samples whose new iterate, energy or gradient norm is not finite are marked ``NONFINITE`` and
-   keep their last finite state; samples whose iterate norm exceeds
+2. samples whose new iterate (its norm), energy or gradient norm is not finite are marked
+   ``NONFINITE`` and keep their last finite state; samples whose iterate norm exceeds
    ``divergence * (||z_0|| + 1)`` are marked ``DIVERGED``;
 3. the others accept ``state'``; the stopping rule sees the new `StepInfo`; samples it stops get
-   its status; stopped samples are frozen bitwise from then on (``torch.where`` on the state).
+   its status; stopped samples are frozen bitwise from then on (``torch.where`` on the `FROZEN`
+   entries ``z, G, energy, grad_norm``; a solver's other per-sample entries, e.g. Anderson's
+   history, are scratch once a sample stops: it never resumes and no result reads them).
 
 The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_STEPS``).
 """
@@ -27,6 +29,21 @@ from eqtheory.status import Status
 from eqtheory.stopping.base import StepInfo, StopRule
 
 DEFAULT_MAX_STEPS = 1000
+
+
+FROZEN = ("z", "G", "energy", "grad_norm")
+"""State entries the loop freezes per sample; the rest of a stopped sample's state is scratch
+(stopped samples never resume, and no result reads it), so it is not copied."""
+
+
+def _freeze(accept: Tensor, new: State, old: State) -> State:
+    """``new`` with the `FROZEN` entries of samples not in ``accept`` ``[B]`` taken from ``old``."""
+    merged = dict(new)
+    for key in FROZEN:
+        value = new[key]
+        mask = accept.view((accept.shape[0],) + (1,) * (value.dim() - 1))
+        merged[key] = torch.where(mask, value, old[key])
+    return merged
 
 
 def _merge(keep_new: Tensor, new: State, old: State) -> State:
@@ -71,17 +88,18 @@ def iterate(
     batch, device = z0.shape[0], z0.device
     readout = readout or (lambda z: z)
     budget = stop.budget()
-    limit = max_steps if budget is None else min(budget, max_steps)
+    limit = max_steps if budget is None else budget
     bound = divergence * (batch_norm(z0.detach()) + 1)
 
     state, init_evals = solver.init(problem, z0)
     nan = torch.full((batch,), float("nan"), dtype=z0.dtype, device=device)
-    finite = _check_finite(state, has_energy)
+    z_norm = batch_norm(state["z"].detach())
+    finite = _finite(state, z_norm, has_energy)
     status = torch.where(finite, int(Status.RUNNING), int(Status.NONFINITE)).to(torch.int64)
-    active = finite.clone()
+    active = finite
     steps = torch.zeros(batch, dtype=torch.int64, device=device)
     fevals = torch.full((batch,), init_evals, dtype=torch.int64, device=device)
-    batch_fevals = torch.tensor(init_evals * batch, device=device)
+    batch_fevals = init_evals * batch
 
     info = StepInfo(0, state["z"], z0, nan, nan, state["energy"], nan, state["grad_norm"], readout)
     rule_state = stop.init(info)
@@ -95,26 +113,32 @@ def iterate(
         if not bool(active.any()):
             break
         new, spent = solver.step(problem, state)
-        spent = torch.as_tensor(spent, device=device).expand(batch)
-        batch_fevals = batch_fevals + spent.sum()
-        fevals = fevals + torch.where(active, spent, 0)
-        ok = _check_finite(new, has_energy)
-        diverged = batch_norm(new["z"].detach()) > bound
+        if isinstance(spent, int):
+            batch_fevals += spent * batch
+        else:
+            spent = spent.expand(batch)
+            batch_fevals += int(spent.sum())
+        fevals = fevals + spent * active
+        new_norm = batch_norm(new["z"].detach())
+        ok = _finite(new, new_norm, has_energy)
+        diverged = new_norm > bound
         accept = active & ok & ~diverged
         status = torch.where(active & ~ok, int(Status.NONFINITE), status)
         status = torch.where(active & ok & diverged, int(Status.DIVERGED), status)
         residual = batch_norm((new["z"] - state["z"]).detach())
-        relative = residual / (batch_norm(state["z"].detach()) + 1e-12)
+        relative = residual / (z_norm + 1e-12)
         previous_energy = state["energy"]
-        state = _merge(accept, new, state)
-        steps = steps + accept.long()
+        state = _freeze(accept, new, state)
+        z_norm = torch.where(accept, new_norm, z_norm)
+        steps = steps + accept
         active = accept
         info = StepInfo(
             k, state["z"], z0, residual, relative, state["energy"], previous_energy,
             state["grad_norm"], readout,
         )
         done, codes, new_rule_state = stop.check(info, rule_state)
-        rule_state = _merge(active, new_rule_state, rule_state)
+        if new_rule_state:
+            rule_state = _merge(active, new_rule_state, rule_state)
         status = torch.where(active & done, codes, status)
         active = active & ~done
         trace.record(state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state))
@@ -125,10 +149,9 @@ def iterate(
     )
 
 
-def _check_finite(state: State, has_energy: bool) -> Tensor:
-    z = state["z"]
-    ok = torch.isfinite(z.detach().reshape(z.shape[0], -1)).all(dim=1)
-    ok = ok & torch.isfinite(state["grad_norm"].detach())
+def _finite(state: State, z_norm: Tensor, has_energy: bool) -> Tensor:
+    """``[B]``: the iterate (through its norm), ``||G||`` and the energy are all finite."""
+    ok = torch.isfinite(z_norm) & torch.isfinite(state["grad_norm"].detach())
     if has_energy:
         ok = ok & torch.isfinite(state["energy"].detach())
     return ok

@@ -61,9 +61,18 @@ class Tokens:
             if not match:
                 raise SpecError(f"cannot read {text[pos:]!r} at position {pos} in {text!r}")
             kind = match.lastgroup or "op"
-            self.items.append((kind, match.group(kind), match.start(kind)))
+            start = match.start(kind)
+            if kind == "number" and text[start] == "+" and self._after_value():
+                self.items.append(("op", "+", start))  # 'a+0.1*b': '+' joins, not a sign
+                pos = start + 1
+                continue
+            self.items.append((kind, match.group(kind), start))
             pos = match.end()
         self.i = 0
+
+    def _after_value(self) -> bool:
+        last = self.items[-1] if self.items else None
+        return last is not None and (last[0] in ("name", "number") or last[1] == ")")
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.items[self.i] if self.i < len(self.items) else None

@@ -150,3 +150,10 @@ def test_steps_zero_returns_the_start():
     z0 = torch.randn(3, DIM)
     sol = eqt.minimize(lambda z: (z**2).sum(1), z0, stop="steps=0")
     assert torch.equal(sol.z, z0) and sol.steps.tolist() == [0, 0, 0]
+
+
+def test_an_explicit_step_budget_overrides_the_default_cap():
+    with torch.no_grad():
+        sol = eqt.minimize(lambda z: (z**2).sum(1), torch.ones(1, 2), stop="steps=1500",
+                           step_size=1e-4)
+    assert sol.steps.tolist() == [1500]

@@ -1,0 +1,74 @@
+"""Generate ``docs/components.md`` from the registries: ``python -m eqtheory.docs_table``.
+
+The table is derived, never hand-written; ``tests/test_docs.py`` fails when the committed file
+differs from what this prints (regenerate with ``make docs``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from eqtheory import backward, energies, solvers, stopping
+from eqtheory.registry import Registry
+
+
+def _summary(component: object) -> str:
+    doc = inspect.getdoc(component) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _options(component: object) -> str:
+    parts = []
+    for name, param in inspect.signature(component).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = "" if param.default is param.empty else f"={param.default!r}"
+        parts.append(f"`{name}{default}`")
+    return ", ".join(parts) or "—"
+
+
+def _extra(family: str, component: object) -> str:
+    if family == "solvers":
+        return ", ".join(sorted(component.solves))  # type: ignore[attr-defined]
+    if family == "energies":
+        requires = ", ".join(component.requires) or "—"  # type: ignore[attr-defined]
+        return f"{component.latent_layout}; context: {requires}"  # type: ignore[attr-defined]
+    if family == "stopping":
+        primary = getattr(component, "primary", None)
+        comparator = getattr(component, "comparator", None)
+        return f"`{component.name}{comparator}{primary.upper()}`" if primary else "options only"  # type: ignore[attr-defined]
+    return ""
+
+
+FAMILIES: list[tuple[str, str, Registry, str]] = [
+    ("energies", "Energy terms", energies.REGISTRY, "layout; context keys read"),
+    ("solvers", "Solvers", solvers.REGISTRY, "solves"),
+    ("stopping", "Stopping rules", stopping.REGISTRY, "short form"),
+    ("backward", "Backward modes", backward.REGISTRY, ""),
+]
+
+
+def render() -> str:
+    """The Markdown page: one table per family, rows sorted by registered name."""
+    lines = [
+        "# Components",
+        "",
+        "Generated from the registries by `python -m eqtheory.docs_table` (`make docs`); do not",
+        "edit by hand. Each row is one file in `eqtheory/<family>/` plus its registry line.",
+        "",
+    ]
+    for family, title, registry, extra_title in FAMILIES:
+        lines += [f"## {title} (`eqtheory.{family}`)", ""]
+        header = ["name", "summary", "options"] + ([extra_title] if extra_title else [])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, component in registry.items():
+            row = [f"`{name}`", _summary(component), _options(component)]
+            if extra_title:
+                row.append(_extra(family, component))
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
