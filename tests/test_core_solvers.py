@@ -107,3 +107,12 @@ def test_runs_on_cuda(name):
     sol = eqt.minimize(energy, z0, solver=build_solver(name, 0.2), stop="grad<1e-8|steps=5000")
     assert sol.z.is_cuda and sol.counts() == {"converged": 2}
     assert torch.allclose(sol.z, energy.minimiser(2), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in SOLVERS if "fixed_point" in eqt.solvers.get(n).solves])
+def test_float32_fixed_point_with_collinear_residuals(name):
+    """Identical coordinates make every residual history collinear (a singular Gram matrix)."""
+    with torch.no_grad():
+        sol = eqt.fixed_point(lambda z: 0.5 * torch.tanh(z) + 1, torch.zeros(3, 5), solver=name,
+                              stop="residual<1e-6|steps=100")
+    assert sol.counts() == {"converged": 3}, sol.messages()

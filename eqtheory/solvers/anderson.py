@@ -7,8 +7,13 @@ With history ``X_i`` (iterates) and ``F_i = T(X_i)`` for the last ``m`` steps an
           \;\Longleftrightarrow\; (R R^\top + \lambda I)\, w = \mathbf{1},\; \alpha = w / \mathbf{1}^\top w
 
 (``lambda`` = ``ridge`` times the mean diagonal of ``R R^T``), then
-``z_{k+1} = beta sum_i alpha_i F_i + (1 - beta) sum_i alpha_i X_i``. Each sample solves its own
-``m x m`` system. ``T(z) = z - eta G(z)`` (see `eqtheory.problem`).
+``z_{k+1} = beta sum_i alpha_i F_i + (1 - beta) sum_i alpha_i X_i
+= sum_i alpha_i F_i - (1 - beta) sum_i alpha_i R_i``. Each sample solves its own ``m x m``
+system. ``T(z) = z - eta G(z)`` (see `eqtheory.problem`).
+
+Cost per step beyond the one evaluation: the Gram matrix ``R R^T`` is kept and updated by one
+new row (``O(m n)``, not ``O(m^2 n)``), and the histories ``F``, ``R`` are written in place when
+no autograd graph runs through them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import Tensor
 
 from eqtheory.problem import Problem
-from eqtheory.solvers.base import Solver, State, flat, observe
+from eqtheory.solvers.base import Solver, State, flat, observe, write_slot
 from eqtheory.solvers.registry import SOLVERS
 
 
@@ -51,36 +56,38 @@ class Anderson(Solver):
 
     def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
         state = observe(problem, z0)
+        batch, n = flat(z0).shape
         eta = self.step_size_for(problem, self.step_size)
-        z, t = flat(z0), flat(z0 - eta * state["G"])
-        history = z.new_zeros(z.shape[0], self.memory, z.shape[1])
-        state["X"] = history.clone().index_copy(1, _slot(0, z), z[:, None])
-        state["F"] = history.index_copy(1, _slot(0, z), t[:, None])
+        r = -eta * flat(state["G"])  # T(z0) - z0
+        F, R = z0.new_zeros(batch, self.memory, n), z0.new_zeros(batch, self.memory, n)
+        gram = z0.new_zeros(batch, self.memory, self.memory)  # (B, m, m): R_i . R_j
+        F[:, 0], R[:, 0], gram[:, 0, 0] = flat(z0) + r, r, (r * r).sum(dim=1)  # fresh tensors
+        state.update(F=F, R=R, gram=gram)
         state["count"] = 1
         return state, 1
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         count, eta = state["count"], self.step_size_for(problem, self.step_size)
         k = min(count, self.memory)
-        X, F = state["X"][:, :k], state["F"][:, :k]  # (B, k, n)
-        R = F - X
-        gram = R @ R.transpose(1, 2)  # (B, k, k)
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1)
+        F, R, gram = state["F"], state["R"], state["gram"]
         eye = torch.eye(k, dtype=R.dtype, device=R.device)
-        tiny = torch.finfo(R.dtype).tiny ** 0.5
-        system = gram + (self.ridge * scale + tiny)[:, None, None] * eye
+        system = gram[:, :k, :k]  # (B, k, k)
+        scale = system.diagonal(dim1=1, dim2=2).mean(dim=1)
+        finfo = torch.finfo(R.dtype)
+        ridge = max(self.ridge, 100 * finfo.eps)  # collinear residuals: solvable in float32 too
+        system = system + (ridge * scale + finfo.tiny**0.5)[:, None, None] * eye
         system = torch.where(torch.isfinite(system), system, eye)
-        weights, _ = torch.linalg.solve_ex(system, torch.ones_like(R[:, :, 0]))  # (B, k)
-        alpha = weights / weights.sum(dim=1, keepdim=True)
-        mixed = self.damping * F + (1 - self.damping) * X
-        z_new = (alpha[:, :, None] * mixed).sum(dim=1).reshape(state["z"].shape)
-        new = observe(problem, z_new)
-        slot = _slot(count % self.memory, z_new)
-        new["X"] = state["X"].index_copy(1, slot, flat(z_new)[:, None])
-        new["F"] = state["F"].index_copy(1, slot, flat(z_new - eta * new["G"])[:, None])
+        weights, _ = torch.linalg.solve_ex(system, torch.ones_like(system[:, :, 0]))  # (B, k)
+        alpha = (weights / weights.sum(dim=1, keepdim=True))[:, None, :]  # (B, 1, k)
+        z_new = (alpha @ F[:, :k])[:, 0]  # (B, n)
+        if self.damping != 1:
+            z_new = z_new - (1 - self.damping) * (alpha @ R[:, :k])[:, 0]
+        new = observe(problem, z_new.reshape(state["z"].shape))
+        r = -eta * flat(new["G"])  # T(z_new) - z_new
+        slot = count % self.memory
+        new["F"] = write_slot(F, 1, slot, z_new + r)
+        new["R"] = R = write_slot(R, 1, slot, r)
+        dots = (R @ r[:, :, None])[:, :, 0]  # (B, m): R_i . r (zero rows where unused)
+        new["gram"] = write_slot(write_slot(gram, 1, slot, dots), 2, slot, dots)
         new["count"] = count + 1
         return new, 1
-
-
-def _slot(i: int, like: Tensor) -> Tensor:
-    return torch.tensor([i], device=like.device)
