@@ -41,7 +41,5 @@ def build_solver(name: str, step_size: float) -> Solver:
 def solver_kinds() -> list[tuple[str, str]]:
     """(solver name, problem kind) for every registered solver and every kind it declares."""
     return [
-        (name, kind)
-        for name, cls in eqt.solvers.REGISTRY.items()
-        for kind in sorted(cls.solves)
+        (name, kind) for name, cls in eqt.solvers.REGISTRY.items() for kind in sorted(cls.solves)
     ]

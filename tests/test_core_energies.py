@@ -26,8 +26,6 @@ def example(name: str, dtype=torch.float64):
     return term, z, context
 
 
-
-
 @pytest.mark.parametrize("name", ENERGIES)
 def test_values_are_per_sample_and_finite(name):
     term, z, context = example(name)
@@ -115,8 +113,9 @@ def test_missing_context_names_the_term_and_the_key():
 
 def test_per_term_trace_is_recorded():
     energy = eqt.energies.parse("quadratic+anchor=1", dim=3)
-    sol = eqt.minimize(energy, torch.ones(2, 3, dtype=torch.float64), stop="steps=3",
-                       record_terms=True)
+    sol = eqt.minimize(
+        energy, torch.ones(2, 3, dtype=torch.float64), stop="steps=3", record_terms=True
+    )
     assert set(sol.trace) >= {"term:quadratic", "term:anchor=1"}
     total = sol.trace["term:quadratic"] + sol.trace["term:anchor=1"]
     assert torch.allclose(total, sol.trace["energy"])

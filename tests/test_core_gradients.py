@@ -32,10 +32,19 @@ class ParamEnergy(Energy):
 
 def _minimize_loss(energy, proposal_param, backward, steps):
     """Loss of the refined state; the proposal z0 = tanh(p) enters through the anchor term."""
-    z0 = torch.tanh(proposal_param).expand(B, DIM) * torch.arange(1, B + 1, dtype=torch.float64)[:, None]
+    z0 = (
+        torch.tanh(proposal_param).expand(B, DIM)
+        * torch.arange(1, B + 1, dtype=torch.float64)[:, None]
+    )
     full = energy + eqt.energies.Anchor(gamma=2.0)
-    sol = eqt.minimize(full, z0, solver="anderson", step_size=0.2, backward=backward,
-                       stop=f"grad<1e-13|steps={steps}")
+    sol = eqt.minimize(
+        full,
+        z0,
+        solver="anderson",
+        step_size=0.2,
+        backward=backward,
+        stop=f"grad<1e-13|steps={steps}",
+    )
     return (torch.sin(sol.z) * torch.linspace(1, 2, DIM, dtype=torch.float64)).sum()
 
 
@@ -70,7 +79,9 @@ def test_minimize_implicit_unrolled_and_finite_differences_agree():
     params = [energy.W, energy.b, proposal]
     implicit = _grads(lambda: _minimize_loss(energy, proposal, "implicit", 500), params)
     unrolled = _grads(lambda: _minimize_loss(energy, proposal, "unrolled", 500), params)
-    numeric = _central_differences(lambda: _minimize_loss(energy, proposal, "implicit", 500), params)
+    numeric = _central_differences(
+        lambda: _minimize_loss(energy, proposal, "implicit", 500), params
+    )
     for gi, gu, gn in zip(implicit, unrolled, numeric):
         assert torch.allclose(gi, gn, rtol=1e-6, atol=1e-8)
         assert torch.allclose(gu, gn, rtol=1e-6, atol=1e-8)
@@ -78,8 +89,13 @@ def test_minimize_implicit_unrolled_and_finite_differences_agree():
 
 
 def _fixed_point_loss(W, x, backward, solver="anderson"):
-    sol = eqt.fixed_point(lambda z: torch.tanh(z @ W.T + x), torch.zeros(B, DIM, dtype=torch.float64),
-                          solver=solver, backward=backward, stop="grad<1e-13|steps=500")
+    sol = eqt.fixed_point(
+        lambda z: torch.tanh(z @ W.T + x),
+        torch.zeros(B, DIM, dtype=torch.float64),
+        solver=solver,
+        backward=backward,
+        stop="grad<1e-13|steps=500",
+    )
     return (sol.z**2 * torch.linspace(1, 2, DIM, dtype=torch.float64)).sum()
 
 
@@ -139,8 +155,11 @@ def test_only_unrolled_keeps_a_graph_that_grows_with_the_steps(backward):
     energy = ParamEnergy()
     z0 = torch.ones(B, DIM, dtype=torch.float64)
     sizes = [
-        _graph_size(eqt.minimize(energy, z0, solver="gd", step_size=0.1, stop=f"steps={k}",
-                                 backward=backward).z)
+        _graph_size(
+            eqt.minimize(
+                energy, z0, solver="gd", step_size=0.1, stop=f"steps={k}", backward=backward
+            ).z
+        )
         for k in (5, 50)
     ]
     if backward == "unrolled":

@@ -1,4 +1,5 @@
-"""The loop's per-sample guarantees: statuses, NaN isolation, bitwise freezing, batch independence."""
+"""The loop's per-sample guarantees: statuses, NaN isolation, bitwise freezing, batch
+independence."""
 
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def test_finished_samples_are_bitwise_frozen(name, kind):
     run, _ = _problem(kind, 5)
     recorder = Recorder(eqt.stopping.parse("grad<1e-9|steps=400"))
     with torch.no_grad():
-        sol = run(torch.zeros(5, DIM, dtype=torch.float64), solver=build_solver(name, 0.2),
-                  stop=recorder)
+        sol = run(
+            torch.zeros(5, DIM, dtype=torch.float64), solver=build_solver(name, 0.2), stop=recorder
+        )
     seen = torch.stack(recorder.seen)  # (K+1, B, DIM)
     assert len(set(sol.steps.tolist())) > 1, "samples should stop at different steps"
     for i, k in enumerate(sol.steps.tolist()):
@@ -74,8 +76,9 @@ def test_one_sample_alone_equals_the_same_sample_in_a_batch(name, kind):
     with torch.no_grad():
         batched = run(z0, solver=solver, stop="steps=25")
         for i in (0, 3):
-            alone = run(z0[i : i + 1].clone(), rows=[i], solver=build_solver(name, 0.2),
-                        stop="steps=25")
+            alone = run(
+                z0[i : i + 1].clone(), rows=[i], solver=build_solver(name, 0.2), stop="steps=25"
+            )
             assert torch.allclose(alone.z[0], batched.z[i], rtol=0, atol=1e-12)
 
 
@@ -86,8 +89,9 @@ def test_nan_in_one_start_marks_only_that_sample(name, kind):
     z0[1, 2] = float("nan")
     with torch.no_grad():
         sol = run(z0, solver=build_solver(name, 0.2), stop="grad<1e-8|steps=3000")
-        clean = run(z0[[0, 2]], rows=[0, 2], solver=build_solver(name, 0.2),
-                    stop="grad<1e-8|steps=3000")
+        clean = run(
+            z0[[0, 2]], rows=[0, 2], solver=build_solver(name, 0.2), stop="grad<1e-8|steps=3000"
+        )
     assert sol.status.tolist()[1] == eqt.Status.NONFINITE
     assert int(sol.steps[1]) == 0
     assert (sol.status[[0, 2]] == eqt.Status.CONVERGED).all()
@@ -106,20 +110,27 @@ def test_nan_during_the_solve_keeps_the_last_finite_iterate(name):
         return 0.5 * z + torch.where(poisoned & near, float("nan"), 0.0)
 
     with torch.no_grad():
-        sol = eqt.fixed_point(f, torch.ones(3, DIM, dtype=torch.float64), solver=name,
-                              stop="grad<1e-10|steps=500")
+        sol = eqt.fixed_point(
+            f, torch.ones(3, DIM, dtype=torch.float64), solver=name, stop="grad<1e-10|steps=500"
+        )
     assert sol.status.tolist() == [eqt.Status.CONVERGED, eqt.Status.NONFINITE, eqt.Status.CONVERGED]
     assert torch.isfinite(sol.z).all()
     kept = sol.z[1:2]
-    assert torch.isfinite(f(torch.cat([kept, kept, kept]))).all(), "kept iterate must be finite under f"
+    assert torch.isfinite(f(torch.cat([kept, kept, kept]))).all(), (
+        "kept iterate must be finite under f"
+    )
 
 
 def test_divergence_is_detected_per_sample():
     curvature = torch.tensor([1.0, 30.0, 2.0], dtype=torch.float64)[:, None]
     with torch.no_grad():
-        sol = eqt.minimize(lambda z: 0.5 * (curvature * z**2).sum(1),
-                           torch.ones(3, DIM, dtype=torch.float64), solver="gd", step_size=0.1,
-                           stop="grad<1e-10|steps=2000")
+        sol = eqt.minimize(
+            lambda z: 0.5 * (curvature * z**2).sum(1),
+            torch.ones(3, DIM, dtype=torch.float64),
+            solver="gd",
+            step_size=0.1,
+            stop="grad<1e-10|steps=2000",
+        )
     assert sol.status.tolist() == [eqt.Status.CONVERGED, eqt.Status.DIVERGED, eqt.Status.CONVERGED]
     assert "diverged" in sol.messages()[1]
 
@@ -128,21 +139,36 @@ def test_stopping_rule_sets_the_status_of_the_rule_that_fired():
     energy = TargetEnergy(DIM)
     target = torch.stack([torch.zeros(DIM), 10 * torch.ones(DIM)]).double()
     with torch.no_grad():
-        sol = eqt.minimize(energy, torch.zeros(2, DIM, dtype=torch.float64),
-                           context={"target": target}, stop="residual<1e-12|steps=3", step_size=0.2)
+        sol = eqt.minimize(
+            energy,
+            torch.zeros(2, DIM, dtype=torch.float64),
+            context={"target": target},
+            stop="residual<1e-12|steps=3",
+            step_size=0.2,
+        )
     # sample 0 starts near its minimiser? no: both run out of the 3-step budget
     assert sol.status.tolist() == [eqt.Status.MAX_STEPS, eqt.Status.MAX_STEPS]
     with torch.no_grad():
-        sol = eqt.minimize(energy, torch.zeros(2, DIM, dtype=torch.float64),
-                           context={"target": target}, stop="residual<1e-3|steps=1000", step_size=0.2)
+        sol = eqt.minimize(
+            energy,
+            torch.zeros(2, DIM, dtype=torch.float64),
+            context={"target": target},
+            stop="residual<1e-3|steps=1000",
+            step_size=0.2,
+        )
     assert (sol.status == eqt.Status.CONVERGED).all()
     assert (sol.trace["residual"][sol.steps[0], 0] < 1e-3).item()
 
 
 def test_max_steps_cap_applies_when_the_rule_has_no_budget():
     with torch.no_grad():
-        sol = eqt.minimize(lambda z: (z**2).sum(1), torch.ones(1, 2), stop="grad<1e-30",
-                           max_steps=7, step_size=1e-3)
+        sol = eqt.minimize(
+            lambda z: (z**2).sum(1),
+            torch.ones(1, 2),
+            stop="grad<1e-30",
+            max_steps=7,
+            step_size=1e-3,
+        )
     assert sol.status.tolist() == [eqt.Status.MAX_STEPS] and sol.steps.tolist() == [7]
 
 
@@ -154,6 +180,7 @@ def test_steps_zero_returns_the_start():
 
 def test_an_explicit_step_budget_overrides_the_default_cap():
     with torch.no_grad():
-        sol = eqt.minimize(lambda z: (z**2).sum(1), torch.ones(1, 2), stop="steps=1500",
-                           step_size=1e-4)
+        sol = eqt.minimize(
+            lambda z: (z**2).sum(1), torch.ones(1, 2), stop="steps=1500", step_size=1e-4
+        )
     assert sol.steps.tolist() == [1500]

@@ -30,7 +30,9 @@ def test_every_solver_declares_its_problems_and_takes_a_step_size(name):
     seed=st.integers(0, 2**16),
     batch=st.integers(1, 4),
 )
-def test_converges_to_the_closed_form_minimiser_of_spd_quadratics(name, dim, condition, seed, batch):
+def test_converges_to_the_closed_form_minimiser_of_spd_quadratics(
+    name, dim, condition, seed, batch
+):
     """float64, random SPD A with cond(A) = condition: z* = A^{-1} b to 1e-8."""
     if "minimize" not in eqt.solvers.get(name).solves:
         pytest.skip(f"{name} does not minimise energies")
@@ -60,8 +62,9 @@ def test_fixed_point_solvers_solve_contractions(name, lipschitz, dim, seed):
         return lipschitz * torch.tanh(z @ W.T + x)
 
     with torch.no_grad():
-        sol = eqt.fixed_point(f, torch.zeros(3, dim, dtype=torch.float64), solver=name,
-                              stop="grad<1e-12|steps=2000")
+        sol = eqt.fixed_point(
+            f, torch.zeros(3, dim, dtype=torch.float64), solver=name, stop="grad<1e-12|steps=2000"
+        )
     assert sol.counts() == {"converged": 3}, sol.messages()
     assert float((f(sol.z) - sol.z).abs().max()) < 1e-10
 
@@ -83,11 +86,16 @@ def test_float32_works_and_keeps_dtype(name):
 def test_solution_fields_have_the_documented_shapes(name, kind):
     z0 = torch.zeros(3, 2, 4, dtype=torch.float64)
     if kind == "minimize":
-        sol = eqt.minimize(lambda z: 0.5 * (z**2).flatten(1).sum(1), z0 + 1,
-                           solver=build_solver(name, 0.5), stop="steps=5")
+        sol = eqt.minimize(
+            lambda z: 0.5 * (z**2).flatten(1).sum(1),
+            z0 + 1,
+            solver=build_solver(name, 0.5),
+            stop="steps=5",
+        )
     else:
-        sol = eqt.fixed_point(lambda z: 0.5 * z + 1, z0, solver=build_solver(name, 1.0),
-                              stop="steps=5")
+        sol = eqt.fixed_point(
+            lambda z: 0.5 * z + 1, z0, solver=build_solver(name, 1.0), stop="steps=5"
+        )
     assert sol.z.shape == z0.shape
     assert sol.status.shape == sol.steps.shape == sol.fevals.shape == (3,)
     assert (sol.status == eqt.Status.MAX_STEPS).all()
@@ -113,6 +121,10 @@ def test_runs_on_cuda(name):
 def test_float32_fixed_point_with_collinear_residuals(name):
     """Identical coordinates make every residual history collinear (a singular Gram matrix)."""
     with torch.no_grad():
-        sol = eqt.fixed_point(lambda z: 0.5 * torch.tanh(z) + 1, torch.zeros(3, 5), solver=name,
-                              stop="residual<1e-6|steps=100")
+        sol = eqt.fixed_point(
+            lambda z: 0.5 * torch.tanh(z) + 1,
+            torch.zeros(3, 5),
+            solver=name,
+            stop="residual<1e-6|steps=100",
+        )
     assert sol.counts() == {"converged": 3}, sol.messages()

@@ -20,8 +20,15 @@ def test_components_table_is_current():
     assert committed == render(), "docs/components.md is stale: run `make docs`"
 
 
-@pytest.mark.parametrize(("family", "page"), [("solvers", "solvers.md"), ("stopping", "stopping.md"),
-                                              ("backward", "backward.md"), ("energies", "energies.md")])
+@pytest.mark.parametrize(
+    ("family", "page"),
+    [
+        ("solvers", "solvers.md"),
+        ("stopping", "stopping.md"),
+        ("backward", "backward.md"),
+        ("energies", "energies.md"),
+    ],
+)
 def test_every_registered_component_is_documented_on_its_family_page(family, page):
     text = (DOCS / page).read_text()
     registry = next(r for f, _, r, _ in FAMILIES if f == family)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Union
 
-import torch
 from torch import Tensor, nn
 
 Context = Mapping[str, Tensor]

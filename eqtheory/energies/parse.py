@@ -17,7 +17,6 @@ from eqtheory.energies.registry import ENERGIES
 from eqtheory.registry import UnknownOptionError, check_options, did_you_mean
 from eqtheory.spec import SpecError, Tokens
 
-
 BUILD_DIMS = ("dim", "vocab", "window")
 
 
@@ -46,7 +45,9 @@ def parse(text: str, **dims: Any) -> Energy:
         if term.comparator is not None:
             primary = getattr(cls, "primary", None)
             if primary is None or term.comparator != "=":
-                raise SpecError(f"energy term {term.name!r} takes options as {term.name}(key=value)")
+                raise SpecError(
+                    f"energy term {term.name!r} takes options as {term.name}(key=value)"
+                )
             options[primary] = term.primary
         check_options(cls, options, kind="energy term", name=term.name)
         for key, value in dims.items():

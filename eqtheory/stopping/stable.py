@@ -32,7 +32,7 @@ class Stable(StopRule):
 
     def check(self, info: StepInfo, state: RuleState) -> tuple[Tensor, Tensor, RuleState]:
         tokens = info.logits().argmax(dim=-1)
-        same = (tokens == state["tokens"]).reshape(tokens.shape[0], -1).all(dim=1)
+        same = (tokens == state["tokens"]).reshape(tokens.shape[0], -1).all(dim=1) & (info.step > 0)
         count = torch.where(same, state["count"] + 1, torch.zeros_like(state["count"]))
         done = count >= self.n
         return done, status_like(done, Status.CONVERGED), {"tokens": tokens, "count": count}
