@@ -47,7 +47,7 @@ def _freeze(accept: Tensor, new: State, old: State) -> State:
 
 
 def _merge(keep_new: Tensor, new: State, old: State) -> State:
-    """Per-sample select: ``new`` where ``keep_new`` ``[B]`` else ``old``; shared values from new."""
+    """Per-sample select: ``new`` where ``keep_new`` ``[B]`` else ``old`` (shared values: new)."""
     batch = keep_new.shape[0]
     merged: State = {}
     for key, value in new.items():
@@ -141,7 +141,9 @@ def iterate(
             rule_state = _merge(active, new_rule_state, rule_state)
         status = torch.where(active & done, codes, status)
         active = active & ~done
-        trace.record(state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state))
+        trace.record(
+            state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state)
+        )
     status = torch.where(active, int(Status.MAX_STEPS), status)
     return Solution(
         z=state["z"], status=status, steps=steps, fevals=fevals, batch_fevals=int(batch_fevals),

@@ -1,8 +1,13 @@
 """Variants are data: a frozen `VariantSpec` names every part of an EqT variant.
 
 ``VariantSpec.hash()`` is stable across processes and versions of Python (sha256 of the
-canonical JSON of the fields); ``VariantSpec.parse(spec.to_string()) == spec``.
-`build` turns a spec into a model (`eqtheory.model`).
+canonical JSON of the fields); ``VariantSpec.parse(spec.to_string()) == spec``. A spec checks
+its values and component names when it is made (bad ones raise with the valid ones listed),
+without building anything. `build` turns a spec into a model (`eqtheory.model`).
+
+Component fields are spec strings: ``solver="gd(momentum=0.9)"``, ``backward="phantom(k=2)"``,
+``stop_eval="residual<1e-4|steps=32"``, ``energy="bidir=8+0.5*mask"``. The solver's step size
+is ``alpha``, never an option of ``solver``.
 """
 
 from __future__ import annotations
@@ -10,10 +15,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eqtheory.registry import UnknownOptionError, did_you_mean
+from torch import nn
+
+from eqtheory import stopping
+from eqtheory.backward.registry import BACKWARD
+from eqtheory.energies.registry import ENERGIES
+from eqtheory.registry import Registry, UnknownOptionError, check_options, did_you_mean
+from eqtheory.solvers.registry import SOLVERS
+from eqtheory.spec import SpecError, Tokens
 
 Kind = Literal["baseline", "eqt"]
 Placement = Literal["last", "every"]
@@ -63,6 +76,30 @@ class VariantSpec:
             raise ValueError(did_you_mean(self.placement, list(PLACEMENTS), kind="placement"))
         if not self.gamma > 0:
             raise ValueError(f"gamma must be > 0 (inf: no prior), got {self.gamma!r}")
+        if self.gamma_start is not None and not (0 < self.gamma_start < math.inf):
+            raise ValueError(
+                f"gamma_start must be finite and > 0 (or None), got {self.gamma_start!r}"
+            )
+        if self.gamma_start is not None and math.isinf(self.gamma):
+            raise ValueError("gamma_start anneals towards a finite gamma; gamma is inf")
+        if not 0 < self.anneal_fraction <= 1:
+            raise ValueError(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha (the solver's step size) must be > 0, got {self.alpha!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta (the energy's weight in the loss) must be >= 0: {self.beta!r}")
+        if self.kind == "baseline" and self.aux_losses_only:
+            raise ValueError(
+                "aux_losses_only needs kind='eqt': it trains the variant's energy as an auxiliary "
+                "loss on the un-refined state (kind='baseline' has no energy)"
+            )
+        options = component(self.solver, SOLVERS)[1]
+        if "step_size" in options:
+            raise ValueError(f"give the solver's step size as alpha, not in solver={self.solver!r}")
+        component(self.backward, BACKWARD)
+        for rule in (self.stop_train, self.stop_eval):
+            stopping.parse(rule)
+        energy_terms(self.energy)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,3 +140,86 @@ class VariantSpec:
                 raise ValueError(f"variant field {part!r} has no '=' in {text!r}")
             values[key.strip()] = json.loads(raw)
         return cls.from_dict(values)
+
+
+def component(text: str, registry: Registry) -> tuple[type, dict[str, Any]]:
+    """Read ``name`` or ``name(key=value,...)`` against `registry`: the class and its options.
+
+    Unknown names and options raise with the valid ones listed.
+    """
+    tokens = Tokens(text)
+    term = tokens.term()
+    tokens.done()
+    if term.comparator is not None:
+        raise SpecError(f"write {registry.kind} options as {term.name}(key=value), not {text!r}")
+    cls = registry.get(term.name, context=text)
+    check_options(cls, term.options, kind=registry.kind, name=term.name)
+    return cls, dict(term.options)
+
+
+def energy_terms(text: str) -> list[type]:
+    """The classes of the terms of an energy spec (``"bidir+0.1*memory"``), checked without
+    building them: names, options and the ``name=value`` primary option."""
+    if not text or not text.strip():
+        raise SpecError("empty energy spec; e.g. 'bidir+0.1*memory'")
+    tokens = Tokens(text)
+    classes = []
+    while True:
+        token = tokens.peek()
+        if token is not None and token[0] == "number":
+            tokens.value()
+            tokens.take("op", "*")
+        term = tokens.term()
+        cls = ENERGIES.get(term.name, context=text)
+        options = dict(term.options)
+        if term.comparator is not None:
+            primary = getattr(cls, "primary", None)
+            if primary is None or term.comparator != "=":
+                raise SpecError(
+                    f"energy term {term.name!r} takes options as {term.name}(key=value)"
+                )
+            options[primary] = term.primary
+        check_options(cls, options, kind="energy term", name=term.name)
+        classes.append(cls)
+        if not tokens.at("+"):
+            break
+        tokens.take("op", "+")
+    tokens.done()
+    return classes
+
+
+def build(
+    spec: VariantSpec | None = None,
+    *,
+    vocab: int = 2,
+    width: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    max_len: int = 512,
+    **fields: Any,
+) -> nn.Module:
+    """Build the model a variant names (an `eqtheory.model.EqT`).
+
+    Args:
+        spec: the variant; or None and its fields as keywords (``energy=``, ``solver=``, ...);
+            ``stop=`` sets both ``stop_train`` and ``stop_eval`` unless those are given.
+        vocab: input tokens = output classes (parity: 2); width, layers, heads, max_len: the
+            backbone's size (`eqtheory.model.Backbone`).
+
+    Example:
+        >>> import torch
+        >>> model = build(energy="mask", solver="gd", stop="steps=2", width=8, heads=2)
+        >>> model(torch.zeros(1, 4, dtype=torch.long)).logits.shape
+        torch.Size([1, 4, 2])
+    """
+    from eqtheory.model.build import build_model  # the model layer imports this module
+
+    if spec is None:
+        if "stop" in fields:
+            stop = fields.pop("stop")
+            fields.setdefault("stop_train", stop)
+            fields.setdefault("stop_eval", stop)
+        spec = VariantSpec.from_dict(fields)
+    elif fields:
+        raise TypeError(f"give either a VariantSpec or its fields, not both (got {sorted(fields)})")
+    return build_model(spec, vocab=vocab, width=width, layers=layers, heads=heads, max_len=max_len)

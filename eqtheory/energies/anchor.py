@@ -39,7 +39,8 @@ class Anchor(Energy):
 
     def __init__(self, gamma: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("gamma", torch.tensor(0.0))
+        # float64 so that float64 solves see gamma exactly (cast to z's dtype when used)
+        self.register_buffer("gamma", torch.tensor(0.0, dtype=torch.float64))
         self.set_gamma(gamma)
 
     def set_gamma(self, gamma: float) -> None:

@@ -23,7 +23,10 @@ def random_spd(dim: int, mu: float, L: float, *, seed: int = 0, dtype=torch.floa
         eigenvalues = torch.tensor([mu], dtype=dtype)
     else:
         eigenvalues = torch.logspace(
-            torch.log10(torch.tensor(mu)), torch.log10(torch.tensor(L)), dim, dtype=dtype
+            torch.log10(torch.tensor(mu, dtype=dtype)),
+            torch.log10(torch.tensor(L, dtype=dtype)),
+            dim,
+            dtype=dtype,
         )
     return (q * eigenvalues) @ q.T
 

@@ -4,7 +4,8 @@ With history ``X_i`` (iterates) and ``F_i = T(X_i)`` for the last ``m`` steps an
 ``R_i = F_i - X_i``, solve the small constrained least squares
 
 .. math:: \alpha = \arg\min_{\sum_i \alpha_i = 1} \|\textstyle\sum_i \alpha_i R_i\|^2
-          \;\Longleftrightarrow\; (R R^\top + \lambda I)\, w = \mathbf{1},\; \alpha = w / \mathbf{1}^\top w
+          \;\Longleftrightarrow\; (R R^\top + \lambda I)\, w = \mathbf{1},\;
+          \alpha = w / \mathbf{1}^\top w
 
 (``lambda`` = ``ridge`` times the mean diagonal of ``R R^T``), then
 ``z_{k+1} = beta sum_i alpha_i F_i + (1 - beta) sum_i alpha_i X_i

@@ -1,10 +1,11 @@
 """The solver protocol: ``init(problem, z0)`` and ``step(problem, state)``; no loops, no statuses.
 
-A solver's state is a dict. Tensors in it with leading dimension ``B`` are per-sample and are
-frozen by the loop once a sample stops; any other value (Python numbers, generators, 0-d
-tensors) is shared. Every state holds ``z`` (the iterate), ``energy`` (``[B]``, NaN for
-fixed-point problems) and ``grad_norm`` (``[B]``, ``||G(z)||``) at the current iterate, so one
-evaluation per step serves both the update and the stopping rules.
+A solver's state is a dict. Tensors in it with leading dimension ``B`` are per-sample; the loop
+freezes ``z``, ``G``, ``energy`` and ``grad_norm`` of a sample once it stops, and the rest of a
+stopped sample's state is scratch (it never resumes). Any other value (Python numbers,
+generators, 0-d tensors) is shared. Every state holds ``z`` (the iterate), ``energy``
+(``[B]``, NaN for fixed-point problems) and ``grad_norm`` (``[B]``, ``||G(z)||``) at the
+current iterate, so one evaluation per step serves both the update and the stopping rules.
 """
 
 from __future__ import annotations
@@ -61,6 +62,19 @@ class Solver(nn.Module):
 def flat(x: Tensor) -> Tensor:
     """``[B, *S] -> [B, n]``."""
     return x.reshape(x.shape[0], -1)
+
+
+def write_slot(buffer: Tensor, dim: int, slot: int, value: Tensor) -> Tensor:
+    """``buffer`` with index ``slot`` of dimension ``dim`` (>= 1) replaced by ``value``.
+
+    In place when no autograd graph is recorded through either tensor (a history buffer is then
+    scratch nobody else holds), else out of place so that unrolled backward stays correct.
+    """
+    if buffer.requires_grad or value.requires_grad:
+        index = torch.tensor([slot], device=buffer.device)
+        return buffer.index_copy(dim, index, value.unsqueeze(dim))
+    buffer.select(dim, slot).copy_(value)
+    return buffer
 
 
 def bdot(a: Tensor, b: Tensor) -> Tensor:

@@ -68,7 +68,8 @@ class GradientDescent(Solver):
         if learn_step:
             self.log_step = nn.Parameter(log_step)
         else:
-            self.register_buffer("log_step", log_step)
+            # float64 so that float64 solves take exactly the step asked for
+            self.register_buffer("log_step", torch.tensor(math.log(step_size), dtype=torch.float64))
         self.line_search, self.armijo_c, self.shrink = line_search, armijo_c, shrink
         self.max_backtracks = int(max_backtracks)
         self.momentum, self.nesterov, self.noise, self.seed = momentum, nesterov, noise, seed

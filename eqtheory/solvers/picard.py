@@ -34,5 +34,6 @@ class Picard(Solver):
         self.damping, self.step_size = float(damping), step_size
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
-        eta = self.step_size_for(problem, self.step_size)
-        return observe(problem, state["z"] - self.damping * eta * state["G"]), 1
+        scale = self.damping * self.step_size_for(problem, self.step_size)
+        step = state["G"] if scale == 1 else scale * state["G"]  # one op fewer for plain f(z)
+        return observe(problem, state["z"] - step), 1

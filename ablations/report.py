@@ -1,0 +1,604 @@
+"""``python -m ablations.report --out DIR``: the Markdown report and plots, from the database only.
+
+Writes ``DIR/report.md`` and ``DIR/plots/*.png`` from ``DIR/results.sqlite``:
+
+- accuracy (per-token, %) vs length per series, mean with a 95% t-interval over seeds
+  (n = 1: the value, no interval);
+- each series minus the baseline per length, paired by seed: mean difference, its 95% interval,
+  a paired t-test and a Wilcoxon signed-rank test (with n <= 5 no two-sided Wilcoxon p can be
+  below 0.05, which the report says);
+- the gain of refinement by difficulty bucket: EqT at K (its eval rule) minus the same model at
+  K = 0, paired by seed;
+- convergence traces (mean residual and energy per solver step), steps-taken histograms and
+  solver statuses;
+- parameters, function evaluations and FLOPs per token of every series;
+- the paper's Table 2 beside our numbers.
+
+A *series* is one label and evaluation rule: ``baseline``, ``aux-only``, ``compute-matched``,
+``eqt steps=8`` (a trained EqT evaluated with its rule), ``eqt steps=0`` (the K = 0 control:
+the same EqT weights, no refinement). With several EqT variants in one database, series names
+carry the fields that tell them apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablations.config import EXECUTION_FIELDS
+from ablations.store import Row, Store
+
+PAPER_LENGTHS = (8, 16, 32, 48, 64, 96, 128, 192, 256)
+PAPER_TABLE2 = {  # per-token accuracy (%), the paper's Table 2 (one run per cell)
+    "standard": (100.00, 100.00, 99.94, 98.09, 88.15, 77.19, 64.64, 51.86, 55.79),
+    "EqT": (100.00, 99.99, 99.85, 96.56, 92.81, 77.68, 67.04, 59.93, 56.59),
+}
+BASELINE = "baseline"
+K0 = "steps=0"
+SMALL_N_WILCOXON = 5  # two-sided exact Wilcoxon: min p = 2 / 2^n > 0.05 for n <= 5
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Values over seeds of one (series, length)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n
+
+    @property
+    def sd(self) -> float | None:
+        if self.n < 2:
+            return None
+        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (self.n - 1))
+
+    @property
+    def ci(self) -> float | None:
+        """Half-width of the 95% t-interval of the mean (None for n < 2)."""
+        from scipy import stats
+
+        sd = self.sd
+        if sd is None:
+            return None
+        return float(stats.t.ppf(0.975, self.n - 1) * sd / math.sqrt(self.n))
+
+    def text(self, *, spread: str = "ci") -> str:
+        """``mean ± ci (sd s, n=k)``, or ``mean ± sd (n=k)`` with ``spread="sd"``."""
+        if self.n < 2:
+            return f"{self.mean:.2f} (n=1)"
+        if spread == "sd":
+            return f"{self.mean:.2f} ± {self.sd:.2f} (n={self.n})"
+        return f"{self.mean:.2f} ± {self.ci:.2f} (sd {self.sd:.2f}, n={self.n})"
+
+
+# -- series ------------------------------------------------------------------------------------
+
+
+PER_CELL_FIELDS = frozenset({"task", "length", "seed"}) | EXECUTION_FIELDS
+
+
+def _identity(row: Row) -> dict[str, Any]:
+    """What makes a run's series: its config without task, length, seed and execution fields
+    (and without ``layers`` for compute-matched runs, whose depth is set per length)."""
+    values = {k: v for k, v in row.config.as_dict().items() if k not in PER_CELL_FIELDS}
+    variant = values.pop("variant")
+    values.update({f"variant.{k}": v for k, v in variant.items()})
+    if row.label == "compute-matched":
+        values.pop("layers")
+    return values
+
+
+def _variant_names(rows: list[Row]) -> dict[str, str]:
+    """run hash -> the fields that tell its series apart from the others of its label."""
+    by_label: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        by_label[row.label][row.hash] = _identity(row)
+    names = {}
+    for identities in by_label.values():
+        varying = sorted(
+            key for key in next(iter(identities.values()))
+            if len({repr(v.get(key)) for v in identities.values()}) > 1
+        )
+        for run_hash, fields in identities.items():
+            names[run_hash] = ",".join(
+                f"{key.removeprefix('variant.')}={fields.get(key)}" for key in varying
+            )
+    return names
+
+
+def series_name(row: Row, stop: str, variant_names: dict[str, str]) -> str:
+    tag = variant_names.get(row.hash, "")
+    label = f"{row.label}[{tag}]" if tag else row.label
+    return f"{label} {stop}" if row.label == "eqt" else label
+
+
+@dataclass
+class Table:
+    """The done rows of one task, indexed: series -> length -> seed -> eval metrics."""
+
+    task: str
+    evals: dict[str, dict[int, dict[int, dict[str, Any]]]]
+    rows: dict[str, dict[int, dict[int, Row]]]  # series -> length -> seed -> row
+    primary: list[str]  # EqT series at their variant's eval rule, one per variant
+
+    @property
+    def lengths(self) -> list[int]:
+        return sorted({length for by_length in self.evals.values() for length in by_length})
+
+    def cell(self, series: str, length: int, key: str = "acc") -> Cell | None:
+        by_seed = self.evals.get(series, {}).get(length, {})
+        values = tuple(100 * ev[key] for _, ev in sorted(by_seed.items()) if key in ev)
+        return Cell(values) if values else None
+
+    def series(self) -> list[str]:
+        """Baseline, EqT (per variant, by step budget), aux-only, compute-matched."""
+        order = {"baseline": 0, "eqt": 1, "aux-only": 2, "compute-matched": 3}
+
+        def key(name: str) -> tuple[int, str, int, str]:
+            run, _, stop = name.partition(" ")
+            budget = re.fullmatch(r"steps=(\d+)", stop)
+            return (order.get(run.split("[")[0], 9), run, int(budget[1]) if budget else 10**9,
+                    stop)
+
+        return sorted(self.evals, key=key)
+
+
+def tables(rows: list[Row]) -> list[Table]:
+    """One `Table` per task over the done rows."""
+    done = [row for row in rows if row.status == "done" and row.metrics]
+    names = _variant_names(done)
+    result = []
+    for task in sorted({row.task for row in done}):
+        evals: dict[str, dict[int, dict[int, dict[str, Any]]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        by_row: dict[str, dict[int, dict[int, Row]]] = defaultdict(lambda: defaultdict(dict))
+        primary: list[str] = []
+        for row in (r for r in done if r.task == task):
+            for stop, metrics in row.metrics["evals"].items():
+                name = series_name(row, stop, names)
+                evals[name][row.length][row.seed] = metrics
+                by_row[name][row.length][row.seed] = row
+                if row.label == "eqt" and stop == row.config.variant.stop_eval:
+                    primary.append(name)
+        result.append(Table(task, evals, by_row, list(dict.fromkeys(primary))))
+    return result
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
+    """a - b over the seeds both have: mean, 95% interval, n, paired t and Wilcoxon p."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    result: dict[str, Any] = {"n": len(diffs), "mean": None, "ci": None, "t_p": None,
+                              "w_p": None, "note": ""}
+    if not diffs:
+        result["note"] = "no common seeds"
+        return result
+    cell = Cell(tuple(diffs))
+    result["mean"], result["ci"] = cell.mean, cell.ci
+    if len(diffs) < 2:
+        result["note"] = "n=1: no test"
+        return result
+    if all(d == diffs[0] for d in diffs):
+        result["note"] = "identical differences: no test"
+        return result
+    result["t_p"] = float(stats.ttest_rel(
+        [a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    if any(d != 0 for d in diffs):
+        result["w_p"] = float(stats.wilcoxon(diffs).pvalue)
+    if len(diffs) <= SMALL_N_WILCOXON:
+        result["note"] = f"n={len(diffs)}: Wilcoxon cannot reach p<0.05"
+    return result
+
+
+def _fmt_p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
+def _fmt_diff(result: dict[str, Any]) -> str:
+    if result["mean"] is None:
+        return "–"
+    if result["ci"] is None:
+        return f"{result['mean']:+.2f}"
+    return f"{result['mean']:+.2f} ± {result['ci']:.2f}"
+
+
+# -- the one-screen summary ----------------------------------------------------------------------
+
+
+def summary_table(rows: list[Row]) -> str:
+    """Per-token accuracy (%) per series and length: mean ± sd over seeds (n)."""
+    lines = []
+    for table in tables(rows):
+        lengths = table.lengths
+        names = table.series()
+        width = max(len(name) for name in names)
+        lines.append(f"task {table.task}: per-token accuracy %, mean ± sd over seeds (n)")
+        lines.append(f"{'series':<{width}}  " + "  ".join(f"{'L=' + str(L):>20}" for L in lengths))
+        for name in names:
+            cells = [table.cell(name, length) for length in lengths]
+            lines.append(f"{name:<{width}}  " + "  ".join(
+                f"{(c.text(spread='sd') if c else '–'):>20}" for c in cells))
+    failed = [row for row in rows if row.status == "failed"]
+    if failed:
+        lines.append(f"{len(failed)} failed runs (see the report)")
+    return "\n".join(lines) if lines else "no finished runs"
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def plot_accuracy(table: Table, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name in table.series():
+        lengths = [L for L in table.lengths if table.cell(name, L)]
+        cells = [table.cell(name, L) for L in lengths]
+        errors = [c.ci or 0.0 for c in cells]
+        axis.errorbar(lengths, [c.mean for c in cells], yerr=errors, marker="o", capsize=3,
+                      label=name)
+    if table.task == "parity":
+        for name, values in PAPER_TABLE2.items():
+            axis.plot(PAPER_LENGTHS, values, linestyle="--", alpha=0.5, label=f"paper {name}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("sequence length")
+    axis.set_ylabel("per-token accuracy (%)")
+    axis.set_title(f"{table.task}: mean and 95% CI over seeds")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _mean_trace(by_seed: dict[int, dict[str, Any]], key: str) -> list[float]:
+    traces = [ev["trace"][key] for ev in by_seed.values() if ev.get("trace", {}).get(key)]
+    if not traces:
+        return []
+    steps = min(len(t) for t in traces)
+    return [sum(t[i] for t in traces) / len(traces) for i in range(steps)]
+
+
+def plot_traces(table: Table, name: str, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    drawn = False
+    for length in table.lengths:
+        by_seed = table.evals[name].get(length, {})
+        for axis, key in zip(axes, ("residual", "energy"), strict=True):
+            trace = _mean_trace(by_seed, key)
+            if trace:
+                axis.plot(range(len(trace)), trace, marker=".", label=f"L={length}")
+                drawn = True
+    for axis, key in zip(axes, ("residual", "energy"), strict=True):
+        axis.set_xlabel("solver step")
+        axis.set_ylabel(f"mean {key}")
+        if key == "residual":
+            axis.set_yscale("log")
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{table.task}, {name}: convergence (mean over seeds)")
+    figure.tight_layout()
+    if drawn:
+        figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return drawn
+
+
+def merged_hist(table: Table, name: str, length: int) -> dict[int, int]:
+    hist: dict[int, int] = defaultdict(int)
+    for ev in table.evals[name].get(length, {}).values():
+        for k, count in ev.get("steps_hist", {}).items():
+            hist[int(k)] += count
+    return dict(sorted(hist.items()))
+
+
+def plot_steps(table: Table, name: str, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    lengths = [L for L in table.lengths if merged_hist(table, name, L)]
+    if not lengths:
+        return False
+    figure, axis = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(lengths)
+    for index, length in enumerate(lengths):
+        hist = merged_hist(table, name, length)
+        total = sum(hist.values())
+        axis.bar([k + index * width for k in hist], [v / total for v in hist.values()],
+                 width=width, label=f"L={length}")
+    axis.set_xlabel("solver steps taken")
+    axis.set_ylabel("fraction of samples")
+    axis.set_title(f"{table.task}, {name}: steps taken (all seeds)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return lines + [""]
+
+
+def _distinct(values: list[Any]) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for value in values:
+        counts[str(value)] += 1
+    return ", ".join(f"{value} ({count})" for value, count in sorted(counts.items()))
+
+
+def _seed_values(table: Table, name: str, length: int, key: str = "acc") -> dict[int, float]:
+    return {seed: 100 * ev[key] for seed, ev in table.evals.get(name, {}).get(length, {}).items()}
+
+
+def _section_task(table: Table, plots: Path, out: Path) -> list[str]:
+    lines = [f"## Task `{table.task}`", ""]
+    names = table.series()
+    lengths = table.lengths
+
+    # accuracy
+    png = plots / f"accuracy_{table.task}.png"
+    plot_accuracy(table, png)
+    lines += ["### Per-token accuracy (%)", "",
+              "Mean ± half-width of the 95% t-interval over seeds (sd: standard deviation over "
+              "seeds; n: seeds in the cell; n=1: no interval).", ""]
+    lines += _md_table(["series"] + [f"L={L}" for L in lengths], [
+        [name] + [(c.text() if (c := table.cell(name, L)) else "–") for L in lengths]
+        for name in names
+    ])
+    lines += [f"![accuracy vs length]({png.relative_to(out)})", ""]
+
+    # paired differences against the baseline
+    lines += ["### Difference to the baseline (percentage points), paired by seed", ""]
+    if BASELINE in table.evals:
+        body = []
+        for name in (n for n in names if n != BASELINE):
+            for length in lengths:
+                result = paired(_seed_values(table, name, length),
+                                _seed_values(table, BASELINE, length))
+                if result["n"]:
+                    body.append([name, str(length), _fmt_diff(result), str(result["n"]),
+                                 _fmt_p(result["t_p"]), _fmt_p(result["w_p"]), result["note"]])
+        lines += ["Mean difference ± 95% t-interval; p: paired t-test and Wilcoxon "
+                  "signed-rank (two-sided).", ""]
+        lines += _md_table(["series", "L", "minus baseline", "n", "t-test p", "Wilcoxon p",
+                            "note"], body)
+    else:
+        lines += ["No baseline runs (controls off): no paired comparison.", ""]
+
+    # gain by difficulty: EqT at its rule minus the same model at K = 0
+    lines += ["### Gain of refinement by difficulty bucket (same model: eval rule minus K=0)", "",
+              "Percentage points, paired by seed; buckets as defined by the training code "
+              "(`acc_by_difficulty`).", ""]
+    body = []
+    for name in (n for n in names if n.startswith("eqt") and not n.endswith(K0)):
+        control = name.rsplit(" ", 1)[0] + " " + K0
+        for length in lengths:
+            by_seed = table.evals[name].get(length, {})
+            buckets = sorted(
+                {b for ev in by_seed.values() for b in ev.get("acc_by_difficulty", {})}
+            )
+            for bucket in buckets:
+                a = {s: 100 * ev["acc_by_difficulty"][bucket] for s, ev in by_seed.items()
+                     if bucket in ev.get("acc_by_difficulty", {})}
+                b = {s: 100 * ev["acc_by_difficulty"][bucket]
+                     for s, ev in table.evals.get(control, {}).get(length, {}).items()
+                     if bucket in ev.get("acc_by_difficulty", {})}
+                result = paired(a, b)
+                if result["n"]:
+                    body.append([name, str(length), bucket, _fmt_diff(result), str(result["n"]),
+                                 _fmt_p(result["t_p"]), _fmt_p(result["w_p"]), result["note"]])
+    lines += _md_table(["series", "L", "bucket", "gain over K=0", "n", "t-test p", "Wilcoxon p",
+                        "note"], body)
+
+    # accuracy by position bucket
+    lines += ["### Accuracy by position quarter (%), mean over seeds", ""]
+    body = []
+    for name in names:
+        for length in lengths:
+            evs = table.evals[name].get(length, {}).values()
+            quarters = [
+                [ev["acc_by_position"][q] for ev in evs if q in ev.get("acc_by_position", {})]
+                for q in ("q1", "q2", "q3", "q4")
+            ]
+            if all(quarters):
+                body.append(
+                    [name, str(length)] + [f"{100 * sum(q) / len(q):.2f}" for q in quarters]
+                )
+    lines += _md_table(["series", "L", "q1", "q2", "q3", "q4"], body)
+
+    # solver behaviour
+    lines += ["### Solver: convergence traces, steps taken, statuses", ""]
+    for name in (n for n in names if n.startswith("eqt") and not n.endswith(K0)):
+        trace_png = plots / f"traces_{table.task}_{_slug(name)}.png"
+        steps_png = plots / f"steps_{table.task}_{_slug(name)}.png"
+        if plot_traces(table, name, trace_png):
+            lines += [f"![traces {name}]({trace_png.relative_to(out)})", ""]
+        if plot_steps(table, name, steps_png):
+            lines += [f"![steps {name}]({steps_png.relative_to(out)})", ""]
+        body = []
+        for length in lengths:
+            evs = list(table.evals[name].get(length, {}).values())
+            statuses: dict[str, int] = defaultdict(int)
+            for ev in evs:
+                for status, count in ev.get("status_counts", {}).items():
+                    statuses[status] += count
+            steps = [ev["steps_mean"] for ev in evs if "steps_mean" in ev]
+            if evs:
+                body.append([name, str(length),
+                             f"{sum(steps) / len(steps):.2f}" if steps else "–",
+                             ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))])
+        lines += _md_table(["series", "L", "mean steps", "solver statuses (summed over seeds)"],
+                           body)
+
+    # compute
+    lines += ["### Parameters and compute per token", "",
+              "Function evaluations (energy value+gradient) and estimated forward FLOPs per "
+              "token at test time (`ablations.flops`), mean over seeds.", ""]
+    body = []
+    for name in names:
+        for length in lengths:
+            evs = list(table.evals[name].get(length, {}).values())
+            rows = list(table.rows[name].get(length, {}).values())
+            if not evs:
+                continue
+            fevals = [ev["fevals_per_token"] for ev in evs if "fevals_per_token" in ev]
+            flops = [ev["flops_per_token"] for ev in evs if "flops_per_token" in ev]
+            params = sorted({row.metrics.get("params") for row in rows})
+            body.append([name, str(length), ", ".join(map(str, params)),
+                         str(rows[0].config.layers),
+                         f"{sum(fevals) / len(fevals):.2f}" if fevals else "–",
+                         f"{sum(flops) / len(flops) / 1e6:.3f}" if flops else "–"])
+    lines += _md_table(["series", "L", "params", "layers", "fevals/token", "MFLOPs/token"], body)
+
+    # training loss
+    lines += ["### Final training loss (mean over seeds; chance for parity: ln 2 = 0.693)", ""]
+    runs = {}  # run name (series without the eval rule) -> one of its series
+    for name in names:
+        runs.setdefault(name.rsplit(" ", 1)[0] if name.startswith("eqt") else name, name)
+    body = []
+    for run, name in runs.items():
+        cells = []
+        for length in lengths:
+            rows = list(table.rows[name].get(length, {}).values())
+            losses = [row.metrics["train_nll"] for row in rows if "train_nll" in row.metrics]
+            cells.append(f"{sum(losses) / len(losses):.3f} (n={len(losses)})" if losses else "–")
+        body.append([run, *cells])
+    lines += _md_table(["run", *[f"L={L} NLL" for L in lengths]], body)
+
+    # the paper's table
+    if table.task == "parity":
+        lines += ["### The paper's Table 2 beside ours (per-token accuracy %)", "",
+                  "Paper: one run per cell, no seeds or intervals reported. Ours: mean ± 95% CI "
+                  "(sd, n). `eqt steps=0` (the EqT weights evaluated with K = 0) and the other "
+                  "controls are ours; the paper has none.", ""]
+        ours = [BASELINE, *table.primary] + [
+            n for n in names if n.startswith("eqt") and n.endswith(K0)
+        ] + [n for n in names if n.startswith(("aux-only", "compute-matched"))]
+        body = []
+        for length in sorted(set(PAPER_LENGTHS) | set(lengths)):
+            paper = (dict(zip(PAPER_LENGTHS, PAPER_TABLE2["standard"], strict=True)).get(length),
+                     dict(zip(PAPER_LENGTHS, PAPER_TABLE2["EqT"], strict=True)).get(length))
+            cells = [(c.text() if (c := table.cell(name, length)) else "–") for name in ours]
+            body.append([str(length), "–" if paper[0] is None else f"{paper[0]:.2f}",
+                         "–" if paper[1] is None else f"{paper[1]:.2f}", *cells])
+        lines += _md_table(["L", "paper standard", "paper EqT", *[f"ours {n}" for n in ours]],
+                           body)
+    return lines
+
+
+def build_report(rows: list[Row], out: Path) -> str:
+    """The report's Markdown (plots are written under ``out/plots``)."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    done = [row for row in rows if row.status == "done"]
+    lines = ["# Parity ablations: report", "",
+             f"Generated from `{out / 'results.sqlite'}` (the database only).", ""]
+    counts = {s: sum(r.status == s for r in rows) for s in ("done", "failed", "running", "pending")}
+    train_s = sum((row.timings or {}).get("total_s", 0.0) for row in done)
+    starts = [row.started_at for row in done if row.started_at]
+    ends = [row.finished_at for row in done if row.finished_at]
+    span = (max(ends) - min(starts)) if starts and ends else 0.0
+    lines += ["## Runs", "",
+              f"- runs: {len(rows)} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
+              f"- seeds: {sorted({row.seed for row in done})}",
+              f"- lengths: {sorted({row.length for row in done})}",
+              f"- devices: {_distinct([row.device for row in done])}",
+              f"- hosts: {_distinct([row.host for row in done])}",
+              f"- versions: {_distinct([_version_text(row.versions) for row in done])}",
+              f"- git commits: {_distinct([row.git_commit for row in done])}",
+              f"- wall time: {train_s:.1f} s summed over runs (train + eval), "
+              f"{span:.1f} s from the first start to the last finish",
+              ""]
+    lines += ["Run configurations (distinct values per label):", ""]
+    body = []
+    for label in sorted({row.label for row in done}):
+        configs = [row.config for row in done if row.label == label]
+        keys = ("layers", "width", "heads", "train_steps", "batch_size", "lr", "train_size",
+                "test_size")
+        body.append([label] + [", ".join(sorted({str(getattr(c, k)) for c in configs}))
+                               for k in keys]
+                    + ["; ".join(sorted({c.variant.to_string() for c in configs}))])
+    lines += _md_table(["label", "layers", "width", "heads", "steps", "batch", "lr", "train",
+                        "test", "variant"], body)
+    for table in tables(rows):
+        lines += _section_task(table, plots, out)
+    failed = [row for row in rows if row.status == "failed"]
+    if failed:
+        lines += ["## Failed runs", ""]
+        lines += _md_table(["hash", "label", "task", "L", "seed", "attempts", "error"], [
+            [row.hash, row.label, row.task, str(row.length), str(row.seed), str(row.attempts),
+             (row.error or "").strip().splitlines()[-1].replace("|", "/") if row.error else ""]
+            for row in failed
+        ])
+    return "\n".join(lines)
+
+
+def _version_text(versions: dict[str, str] | None) -> str:
+    if not versions:
+        return "unknown"
+    return " ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+
+
+def write_report(out: str | Path) -> Path:
+    """Write ``out/report.md`` and its plots from ``out/results.sqlite``; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    database = out / "results.sqlite"
+    if not database.exists():
+        raise FileNotFoundError(f"no results database at {database}")
+    with Store(database) as store:
+        rows = store.rows()
+    path = out / "report.md"
+    path.write_text(build_report(rows, out))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablations.report",
+        description="Write DIR/report.md and DIR/plots/*.png from DIR/results.sqlite.",
+    )
+    parser.add_argument("--out", required=True, help="the sweep's output directory")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.out)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    with Store(Path(args.out) / "results.sqlite") as store:
+        print(summary_table(store.rows()))
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""``python -m ablations.run``: expand a grid of parity runs, execute it, summarise, report.
+
+    python -m ablations.run                                   # the smoke preset, ~1 min on CPU
+    python -m ablations.run --preset cpu                      # 3 lengths x 3 seeds, all controls
+    python -m ablations.run --energy bidir+memory,mask --solver gd,anderson --lengths 16,64
+
+Every variant flag takes comma-separated values (commas inside parentheses belong to the value:
+``--solver "gd(momentum=0.9),anderson"``); the grid is the product of variants x tasks x lengths
+x seeds, plus the control runs of every EqT run. Evaluation rules (``--stop``/``--k-eval``) are
+not a grid axis: every trained EqT model is evaluated with each of them and with ``steps=0``
+(the K = 0 control). Everything is checked before anything runs; bad values exit with code 2
+and a did-you-mean message. Re-running the same command resumes: finished runs are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import re
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ablations import presets
+from ablations.config import TASKS, RunConfig
+from ablations.executors import EXECUTORS
+from ablations.store import DEFAULT_LEASE_S, Store
+from eqtheory import stopping
+from eqtheory.backward.registry import BACKWARD
+from eqtheory.registry import did_you_mean
+from eqtheory.solvers.registry import SOLVERS
+from eqtheory.variants import PLACEMENTS, VariantSpec, component, energy_terms
+
+BASELINE, EQT, AUX_ONLY, MATCHED = "baseline", "eqt", "aux-only", "compute-matched"
+LABELS = (BASELINE, EQT, AUX_ONLY, MATCHED)
+# RunConfig fields with a flag of their own (not settable through --set)
+FLAG_FIELDS = {
+    "variant": "--energy/--solver/...", "task": "--task", "length": "--lengths",
+    "seed": "--seeds", "device": "--device", "eval_stops": "--stop/--k-eval",
+}
+DEFAULT = VariantSpec()
+
+
+class CliError(ValueError):
+    """A bad flag value; reported through ``parser.error`` (exit code 2)."""
+
+
+def split_values(text: str) -> list[str]:
+    """Split on commas outside parentheses: ``"gd(a=1,b=2),anderson"`` -> two values."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    if any(not value for value in values):
+        raise CliError(f"empty value in {text!r}")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2]; ``0-4`` -> [0, 1, 2, 3, 4] (inclusive); ``7`` -> [7]."""
+    seeds: list[int] = []
+    for part in split_values(text):
+        first, dash, last = part.partition("-")
+        try:
+            seeds += list(range(int(first), int(last) + 1)) if dash else [int(part)]
+        except ValueError:
+            raise CliError(f"--seeds: {part!r} is not a seed or a range like 0-4") from None
+    return list(dict.fromkeys(seeds))
+
+
+def numbers(flag: str, text: str, kind: Callable[[str], Any]) -> list[Any]:
+    try:
+        return [kind(value) for value in split_values(text)]
+    except ValueError as error:
+        raise CliError(f"{flag}: {error}") from None
+
+
+def checked(flag: str, values: list[str], check: Callable[[str], Any]) -> list[str]:
+    """Run `check` on every value; its error becomes a `CliError` naming the flag."""
+    for value in values:
+        try:
+            check(value)
+        except (ValueError, TypeError, KeyError) as error:
+            raise CliError(f"{flag}: {error}") from None
+    return values
+
+
+def check_energy(text: str) -> None:
+    """Names and options, then a real `energies.parse` with a small model's dims."""
+    from eqtheory.model.build import build_energy
+
+    energy_terms(text)
+    build_energy(text, width=8, vocab=2)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` -> RunConfig fields; unknown or flag-owned keys are rejected."""
+    valid = [f.name for f in dataclasses.fields(RunConfig) if f.name not in FLAG_FIELDS]
+    defaults = RunConfig().as_dict()
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise CliError(f"--set: {item!r} is not key=value")
+        if key in FLAG_FIELDS:
+            raise CliError(f"--set: {key!r} has its own flag, {FLAG_FIELDS[key]}")
+        if key not in valid:
+            raise CliError("--set: " + did_you_mean(key, valid, kind="run config field"))
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        default = defaults[key]
+        wanted = (int, float) if type(default) is float else type(default)
+        if isinstance(default, (bool, int, float, str)) and (
+            not isinstance(value, wanted) or isinstance(value, bool) != isinstance(default, bool)
+        ):
+            raise CliError(
+                f"--set: {key} takes a {type(default).__name__} (default {default!r}), got {raw!r}"
+            )
+        overrides[key] = value
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablations.run",
+        description=(
+            "Train a grid of parity runs (variants x tasks x lengths x seeds, plus controls), "
+            "store every run in <out>/results.sqlite, print a summary and write <out>/report.md. "
+            "Comma-separated values of a variant flag make a grid. Re-running the same command "
+            "resumes (done runs are skipped; interrupted ones restart from their checkpoint)."
+        ),
+        epilog="presets: "
+        + "; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values()),
+    )
+    add = parser.add_argument
+    add("--preset", default="smoke",
+        help="grid and model defaults: smoke, cpu or paper (default: smoke)")
+    add("--energy", default=DEFAULT.energy,
+        help="energy spec(s) of the EqT variant, e.g. 'bidir+0.1*memory' "
+             f"(default: {DEFAULT.energy})")
+    add("--solver", default=DEFAULT.solver,
+        help=f"solver name(s), with options as 'gd(momentum=0.9)' (default: {DEFAULT.solver})")
+    add("--alpha", default=str(DEFAULT.alpha),
+        help=f"solver step size(s) (default: {DEFAULT.alpha})")
+    add("--stop", default=None,
+        help="evaluation stopping rule(s), e.g. 'residual<1e-3|steps=32'; every EqT model is "
+             "evaluated with each, and with steps=0 (the K = 0 control); not a grid axis "
+             "(default: the preset's, smoke: steps=8; cpu and paper: steps=8,steps=32)")
+    add("--k-eval", default=None,
+        help="shortcut: --k-eval 8,32 adds --stop steps=8,steps=32 (default: none)")
+    add("--stop-train", default=None,
+        help="training stopping rule(s) of EqT; a grid axis (default: the preset's, steps=2)")
+    add("--k-train", default=None,
+        help="shortcut: --k-train 2,4 adds --stop-train steps=2,steps=4 (default: none)")
+    add("--backward", default=DEFAULT.backward,
+        help=f"backward mode(s): unrolled, implicit, phantom (default: {DEFAULT.backward})")
+    add("--placement", default=DEFAULT.placement,
+        help=f"ERM placement(s): last or every (default: {DEFAULT.placement})")
+    add("--gamma", default=str(DEFAULT.gamma),
+        help=f"proximal prior gamma(s), inf = no prior (default: {DEFAULT.gamma})")
+    add("--beta", default=str(DEFAULT.beta),
+        help=f"energy weight(s) in the loss NLL + beta*E (default: {DEFAULT.beta})")
+    add("--task", default="parity", help="task(s): parity or parity_final (default: parity)")
+    add("--lengths", default=None,
+        help="sequence lengths, e.g. 16,64,192 (default: the preset's; smoke: 8,16)")
+    add("--seeds", default=None,
+        help="seeds: a list '0,1,2', an inclusive range '0-4', or one seed '7' "
+             "(default: the preset's; smoke: 0, cpu: 0-2, paper: 0-4)")
+    add("--controls", action=argparse.BooleanOptionalAction, default=None,
+        help="--controls: add all controls beside every EqT run: baseline, aux-only (the same "
+             "energy as an auxiliary loss, no refinement) and compute-matched baseline (more "
+             "layers, same FLOPs per token); --no-controls: EqT runs only. EqT's steps=0 "
+             "evaluation (the K = 0 control) is always on (default: the preset's; smoke: "
+             "baseline only; cpu, paper: all)")
+    add("--device", default="auto", choices=("auto", "cpu", "cuda"),
+        help="where runs train: auto = cuda if available (default: auto)")
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a run config field (repeatable), e.g. --set train_steps=100 --set "
+             "width=32; values are JSON (default: none)")
+    add("--out", default=None, help="output directory (default: runs/<preset>)")
+    add("--executor", default="local", choices=EXECUTORS,
+        help="local: sequential in this process; ray: runs as Ray tasks (pip install ray), "
+             "one GPU per run where there are GPUs (default: local)")
+    add("--threads", type=int, default=1,
+        help="torch CPU threads per run; 0 = torch's default (one per core). Small models "
+             "gain little from more, and a busy machine makes torch's spinning threads up to "
+             "20x slower (default: 1)")
+    add("--ray-address", default=None,
+        help="Ray cluster address for --executor ray (default: start a local instance)")
+    add("--retries", type=int, default=1,
+        help="re-run a failed run up to this many times, across invocations (default: 1)")
+    add("--lease", type=float, default=DEFAULT_LEASE_S,
+        help="seconds without a heartbeat after which another runner's running row is "
+             f"taken as dead and re-run (default: {DEFAULT_LEASE_S:.0f})")
+    add("--dry-run", action="store_true",
+        help="print the grid (marking runs already done) and exit; writes nothing (default: off)")
+    add("--no-report", action="store_true",
+        help="skip writing the report at the end (default: the report is written)")
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated sweep: where it goes and which runs it has."""
+
+    preset: presets.Preset
+    out: Path
+    runs: list[tuple[str, RunConfig]]  # (label, config), unique by hash
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Turn parsed flags into the run grid, checking every value (raises `CliError`)."""
+    try:
+        preset = presets.get(args.preset)
+    except ValueError as error:
+        raise CliError(f"--preset: {error}") from None
+    if args.retries < 0:
+        raise CliError("--retries must be >= 0")
+    if args.threads < 0:
+        raise CliError("--threads must be >= 0")
+    overrides = {**preset.config, **parse_overrides(args.overrides)}
+
+    def rules(flag: str, text: str | None, k_flag: str, k_text: str | None) -> list[str] | None:
+        values = checked(flag, split_values(text), stopping.parse) if text else []
+        if k_text:
+            ks = numbers(k_flag, k_text, int)
+            if any(k < 0 for k in ks):
+                raise CliError(f"{k_flag}: K must be >= 0")
+            values += [f"steps={k}" for k in ks]
+        return list(dict.fromkeys(values)) or None
+
+    stops = rules("--stop", args.stop, "--k-eval", args.k_eval) or list(preset.stops)
+    stop_trains = rules("--stop-train", args.stop_train, "--k-train", args.k_train) or [
+        preset.stop_train
+    ]
+    axes = {
+        "energy": checked("--energy", split_values(args.energy), check_energy),
+        "solver": checked("--solver", split_values(args.solver),
+                          lambda text: component(text, SOLVERS)),
+        "alpha": numbers("--alpha", args.alpha, float),
+        "stop_train": stop_trains,
+        "backward": checked("--backward", split_values(args.backward),
+                            lambda text: component(text, BACKWARD)),
+        "placement": checked("--placement", split_values(args.placement), _placement),
+        "gamma": numbers("--gamma", args.gamma, float),
+        "beta": numbers("--beta", args.beta, float),
+    }
+    tasks = checked("--task", split_values(args.task), _task)
+    lengths = numbers("--lengths", args.lengths, int) if args.lengths else list(preset.lengths)
+    if any(length < 1 for length in lengths):
+        raise CliError("--lengths: lengths must be >= 1")
+    seeds = parse_seeds(args.seeds) if args.seeds else list(preset.seeds)
+    if args.controls is None:
+        controls = preset.controls
+    else:
+        controls = presets.CONTROLS if args.controls else ()
+
+    variants = []
+    for values in itertools.product(*axes.values()):
+        fields = dict(zip(axes, values, strict=True))
+        try:
+            variants.append(VariantSpec(kind="eqt", stop_eval=stops[0], **fields))
+        except (ValueError, TypeError, KeyError) as error:
+            raise CliError(f"variant {fields}: {error}") from None
+    eval_stops = tuple(dict.fromkeys(["steps=0", *stops]))
+
+    runs: dict[str, tuple[str, RunConfig]] = {}
+
+    def add(label: str, **fields: Any) -> RunConfig:
+        try:
+            config = RunConfig(**{**overrides, "device": args.device, **fields})
+        except (ValueError, TypeError) as error:
+            raise CliError(f"run config: {error}") from None
+        runs.setdefault(config.hash(), (label, config))
+        return config
+
+    for task, length, seed, variant in itertools.product(tasks, lengths, seeds, variants):
+        common = dict(task=task, length=length, seed=seed)
+        eqt = add(EQT, variant=variant, eval_stops=eval_stops, **common)
+        if BASELINE in controls:
+            add(BASELINE, variant=VariantSpec(kind="baseline"), eval_stops=("steps=0",), **common)
+        if AUX_ONLY in controls:
+            aux = VariantSpec(
+                kind="eqt", aux_losses_only=True, energy=variant.energy, beta=variant.beta,
+                placement=variant.placement,
+            )
+            add(AUX_ONLY, variant=aux, eval_stops=("steps=0",), **common)
+        if MATCHED in controls:
+            add(MATCHED, variant=VariantSpec(kind="baseline"), eval_stops=("steps=0",),
+                layers=_matched_layers(eqt), **common)
+    out = Path(args.out) if args.out else Path("runs") / preset.name
+    return Plan(preset=preset, out=out, runs=list(runs.values()))
+
+
+def _placement(text: str) -> None:
+    if text not in PLACEMENTS:
+        raise ValueError(did_you_mean(text, list(PLACEMENTS), kind="placement"))
+
+
+def _task(text: str) -> None:
+    if text not in TASKS:
+        raise ValueError(did_you_mean(text, list(TASKS), kind="task"))
+
+
+def _matched_layers(config: RunConfig) -> int:
+    """Baseline depth with the FLOPs per token of EqT `config` at its step cap (``stop_eval``)."""
+    from ablations.flops import matched_layers
+
+    caps = [int(k) for k in re.findall(r"steps\s*=\s*(\d+)", config.variant.stop_eval)]
+    if not caps:
+        raise CliError(
+            f"the compute-matched control needs a step cap in the first --stop rule "
+            f"(e.g. 'residual<1e-3|steps=32'), got {config.variant.stop_eval!r}; "
+            "or use --no-controls"
+        )
+    return matched_layers(config, max(caps))
+
+
+def describe(label: str, config: RunConfig) -> str:
+    variant = "" if label != EQT else f" [{config.variant.to_string()}]"
+    return (
+        f"{label} {config.task} L={config.length} seed={config.seed} "
+        f"layers={config.layers}{variant}"
+    )
+
+
+def done_hashes(database: Path) -> set[str]:
+    """Hashes of done runs in an existing database, read-only (for --dry-run)."""
+    if not database.exists():
+        return set()
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT hash FROM runs WHERE status = 'done'")}
+    finally:
+        db.close()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    del frame
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None, *, train_fn: Callable[..., Any] | None = None) -> int:
+    """Run the CLI; `train_fn` replaces `ablations.train.train_run` (tests inject fast ones)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        sweep = plan(args)
+    except CliError as error:
+        parser.error(str(error))
+    if args.dry_run:
+        database = sweep.out / "results.sqlite"
+        done = done_hashes(database)
+        for label, config in sweep.runs:
+            mark = "done" if config.hash() in done else "todo"
+            print(f"{config.hash()}  {mark}  {describe(label, config)}")
+        print(f"{len(sweep.runs)} runs, {len(done & {c.hash() for _, c in sweep.runs})} "
+              f"already done in {database}")
+        return 0
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            parser.error("--executor ray needs Ray: pip install 'eqtheory[ray]'")
+    if train_fn is None:
+        from ablations.train import train_run as train_fn
+
+    from ablations import report
+
+    started = time.time()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        rows, counts = sweep_runs(args, sweep, train_fn)
+    except KeyboardInterrupt:
+        print("interrupted: the database is consistent; run the same command to resume")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(report.summary_table(rows))
+    print(
+        f"{counts['done']}/{len(sweep.runs)} runs done, {counts['failed']} failed, "
+        f"{counts['running'] + counts['pending']} unfinished; this invocation took "
+        f"{time.time() - started:.1f} s"
+    )
+    if not args.no_report:
+        path = report.write_report(sweep.out)
+        print(f"report: {path}")
+    return 0 if counts["failed"] == 0 else 1
+
+
+def sweep_runs(
+    args: argparse.Namespace, sweep: Plan, train_fn: Callable[..., Any]
+) -> tuple[list[Any], dict[str, int]]:
+    """Add the plan's runs to the database, run the unfinished ones; (rows, status counts)."""
+    from tqdm import tqdm
+
+    from ablations import executors
+
+    database = sweep.out / "results.sqlite"
+    hashes = [config.hash() for _, config in sweep.runs]
+    labels = {config.hash(): label for label, config in sweep.runs}
+    with Store(database) as store:
+        for label, config in sweep.runs:
+            store.add(config, label=label)
+        reset = store.reset_stale(lease_s=args.lease)
+        requeued = store.requeue_failed(hashes, max_attempts=1 + args.retries)
+        counts = store.counts(hashes)
+        print(
+            f"{len(hashes)} runs in {database}: {counts['done']} done, "
+            f"{counts['pending']} to run ({len(reset)} reset from a dead runner, "
+            f"{len(requeued)} failed ones retried), {counts['running']} running elsewhere, "
+            f"{counts['failed']} failed"
+        )
+        bar = tqdm(total=counts["pending"], unit="run", desc=sweep.preset.name)
+
+        def on_finished(run_hash: str, status: str) -> None:
+            row = store.get(run_hash)
+            if row is None:
+                return
+            line = f"[{status}] {describe(labels[run_hash], row.config)}"
+            if row.metrics is not None and status == "done":
+                accs = ", ".join(
+                    f"{stop}: {100 * ev['acc']:.2f}%" for stop, ev in row.metrics["evals"].items()
+                )
+                line += f" acc {accs} ({row.timings['total_s']:.1f} s)"
+            elif row.error:
+                line += f" error: {row.error.strip().splitlines()[-1]}"
+            tqdm.write(line)
+            if status != "pending":
+                bar.update(1)
+
+        try:
+            if args.executor == "ray":
+                executors.run_ray(
+                    store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
+                    on_finished=on_finished, address=args.ray_address, threads=args.threads,
+                )
+            else:
+                executors.run_local(
+                    store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
+                    progress=sys.stderr.isatty(), on_finished=on_finished, threads=args.threads,
+                )
+        finally:
+            bar.close()
+        wanted = set(hashes)
+        return [row for row in store.rows() if row.hash in wanted], store.counts(hashes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+r"""Train and evaluate one run: config, data, model, optimizer, one loop, evaluation.
+
+Loss (the paper's Eq. 18), per batch:
+
+.. math:: \mathcal L = \mathrm{NLL}(y \mid z^*) + \beta\, \frac{1}{T} \overline{L_\theta(z^*)}
+
+the mean cross-entropy over the task's scored positions of the readout of the refined state
+``z*``, plus ``beta`` times the learned energy (no prior) **per token**: the energy is a sum over
+the ``T`` positions, divided by ``T`` so that ``beta`` means the same at every length, then
+averaged over the batch (and summed over ERMs for ``placement="every"``). ``aux_losses_only``
+variants take the same loss on the un-refined state. The energies' context is the input bits
+(``tokens``) and, during training only, a 15% ``mask`` drawn per step from a generator seeded
+by ``(seed, step)``; the backbone always sees every bit (hiding bits would make the prefix parity
+unknowable).
+
+Everything is seeded from ``config.seed`` (data, initialisation, batch order, masks), so the
+same config gives the same metrics on CPU, and a run resumed from its checkpoint ends exactly
+where an uninterrupted one does. On CUDA: bf16 autocast (``config.amp``), compiled blocks
+(``config.compile``), and no host syncs in the loop except every ``log_every`` steps and at
+checkpoints (the non-finite-loss check runs there; it names the first bad step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ablations import tasks
+from ablations.config import RunConfig
+from ablations.evaluate import evaluate_all
+from eqtheory.energies.mask import random_mask
+from eqtheory.variants import build
+
+CHECKPOINT = "checkpoint.pt"
+MASK_RATE = 0.15  # the paper's masked-reconstruction rate
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+class CheckpointMismatch(RuntimeError):
+    """``workdir/checkpoint.pt`` belongs to a different run (another config hash)."""
+
+
+@dataclass
+class RunResult:
+    """``metrics``: JSON-serialisable (schema in `ablations.evaluate`); ``timings``:
+    ``{"train_s", "eval_s", "total_s"}`` in seconds."""
+
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if available), ``cpu`` or ``cuda``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def learning_rate(step: int, config: RunConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``train_steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.train_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def gamma_at(step: int, config: RunConfig) -> float:
+    """The prior's gamma: linear from ``gamma_start`` to ``gamma`` over the first
+    ``anneal_fraction`` of training, then ``gamma`` (no annealing without ``gamma_start``)."""
+    spec = config.variant
+    if spec.gamma_start is None:
+        return spec.gamma
+    span = spec.anneal_fraction * config.train_steps
+    fraction = 1.0 if span <= 0 else min(1.0, step / span)
+    return spec.gamma_start + (spec.gamma - spec.gamma_start) * fraction
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a temporary file, then `os.replace`."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def train_run(
+    config: RunConfig,
+    *,
+    workdir: Path,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Train ``config`` (resuming from ``workdir/checkpoint.pt`` when it is this run's) and
+    evaluate it under every rule of ``config.eval_stops`` (baselines and aux-only: ``steps=0``).
+
+    Raises:
+        TrainingDiverged: the loss became non-finite.
+        CheckpointMismatch: the checkpoint in ``workdir`` has another config hash.
+    """
+    started = time.perf_counter()
+    log = log or (lambda message: None)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.amp and device.type == "cuda" else contextlib.nullcontext()
+    )
+    spec, length, seed = config.variant, config.length, config.seed
+
+    # ---- data: fixed train/test sets from the seed (or fresh batches each step)
+    task = tasks.get(config.task)
+    train_set, test_set = tasks.datasets(
+        task, length=length, seed=seed,
+        train_size=0 if config.fresh_sampling else config.train_size, test_size=config.test_size,
+    )
+    if not config.fresh_sampling and config.train_size < config.batch_size:
+        raise ValueError(f"train_size {config.train_size} < batch_size {config.batch_size}")
+    scored = task.scored(length).to(device)  # (T,) bool
+    train_inputs, train_targets = train_set.inputs.to(device), train_set.targets.to(device)
+    steps_per_epoch = max(1, config.train_size // config.batch_size)
+    order: dict[int, torch.Tensor] = {}
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of optimizer step ``step``: ``inputs, targets [batch, T]`` on the device."""
+        if config.fresh_sampling:  # drawn on the device: no host-to-device copy per step
+            gen = tasks.generator(seed, "fresh", step, device=device)
+            fresh = task.sample(config.batch_size, length, gen)
+            return fresh.inputs, fresh.targets
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch not in order:  # one permutation per epoch, moved once
+            order.clear()
+            shuffle = tasks.generator(seed, "order", epoch)
+            perm = torch.randperm(config.train_size, generator=shuffle)
+            order[epoch] = perm.to(device)
+        rows = order[epoch][index * config.batch_size : (index + 1) * config.batch_size]
+        return train_inputs[rows], train_targets[rows]
+
+    # ---- model and optimizer (AdamW; no weight decay on biases, LayerNorms, scalars)
+    torch.manual_seed(tasks.derive_seed(seed, "init"))
+    model = build(
+        spec, vocab=task.vocab, width=config.width, layers=config.layers, heads=config.heads,
+        max_len=length,
+    ).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, fused=device.type == "cuda",
+    )
+    if config.compile and device.type == "cuda":
+        for block in model.backbone.blocks:
+            block.compile()
+    with_energy = spec.kind == "eqt"
+
+    # ---- resume
+    step = last_checkpoint = 0
+    losses = torch.zeros(config.train_steps, 2, device=device)  # (loss, nll) per step
+    path = workdir / CHECKPOINT
+    if path.exists():
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state["config_hash"] != config.hash():
+            raise CheckpointMismatch(
+                f"{path} belongs to run {state['config_hash']}, not {config.hash()}; "
+                "remove it or use another workdir"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        losses = state["losses"].to(device)
+        step = last_checkpoint = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        log(f"resumed from {path} at step {step}")
+
+    def checkpoint(done: int) -> None:
+        nonlocal last_checkpoint
+        last_checkpoint = done
+        _save(path, {
+            "config": config.as_dict(), "config_hash": config.hash(), "step": done,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "losses": losses.cpu(), "rng": {"torch": torch.get_rng_state()},
+        })
+        log(f"checkpoint step {done} -> {path}")
+
+    # ---- the loop
+    log_every = max(1, min(100, config.train_steps // 10))
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
+
+    def check_finite() -> None:  # a host sync: only at log and checkpoint steps
+        bad = int(first_bad)
+        if bad >= 0:
+            raise TrainingDiverged(
+                f"non-finite training loss at step {bad} (run {config.hash()}, lr {config.lr})"
+            )
+
+    bar = tqdm(total=config.train_steps, initial=step, disable=not progress, desc=config.hash())
+    model.train()
+    while step < config.train_steps:
+        inputs, targets = batch_at(step)  # (B, T) each
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        model.set_gamma(gamma_at(step, config))
+        mask = None
+        if with_energy:  # the mask term's positions, reproducible per step
+            gen = torch.Generator(device=device).manual_seed(tasks.derive_seed(seed, "mask", step))
+            mask = random_mask(inputs, MASK_RATE, generator=gen)
+        with autocast:
+            out = model(inputs, mask=mask, with_energy=with_energy)
+            logits = out.logits[:, scored].float()  # (B, S, V), S scored positions
+            nll = F.cross_entropy(logits.flatten(0, 1), targets[:, scored].flatten())
+            loss = nll
+            if out.energy is not None:  # beta * energy per token, batch mean
+                loss = nll + spec.beta * (out.energy.float() / length).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        model.update_memories([z.detach() for z in out.latents])
+        losses[step] = torch.stack((loss.detach(), nll.detach()))
+        bad_now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+        first_bad = torch.where(bad_now, torch.full_like(first_bad, step), first_bad)
+        step += 1
+        bar.update(1)
+        if step % log_every == 0 or step == config.train_steps:
+            check_finite()
+            loss_value, nll_value = losses[step - 1].tolist()
+            bar.set_postfix(loss=f"{loss_value:.4f}", nll=f"{nll_value:.4f}")
+            log(f"step {step}/{config.train_steps} loss {loss_value:.4f} nll {nll_value:.4f}")
+        if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 \
+                and step < config.train_steps:
+            check_finite()
+            checkpoint(step)
+    bar.close()
+    check_finite()
+    if step != last_checkpoint:
+        checkpoint(step)  # a kill during evaluation resumes straight to evaluation
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    trained = time.perf_counter()
+
+    # ---- evaluation
+    model.set_gamma(spec.gamma)
+    tail = losses[max(0, step - max(1, step // 10)) : step]  # the last 10% of steps
+    metrics: dict[str, Any] = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_loss": float(tail[:, 0].mean()) if step else None,
+        "train_nll": float(tail[:, 1].mean()) if step else None,
+        "steps": step,
+        "evals": evaluate_all(model, test_set, task, config, device=device, autocast=autocast),
+    }
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    finished = time.perf_counter()
+    return RunResult(
+        metrics=metrics,
+        timings={
+            "train_s": trained - started,
+            "eval_s": finished - trained,
+            "total_s": finished - started,
+        },
+    )

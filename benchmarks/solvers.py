@@ -1,0 +1,244 @@
+"""Fixed-point solvers against torchdeq on the same problems, to the same tolerance.
+
+Problems (``f: [B, *S] -> [B, *S]``, start ``z0 = 0``):
+
+* ``tanh n=.. B=..``: ``f(z)_i = tanh(s_i W z_i + U x_i)`` with ``||W||_2 = 1`` and per-sample
+  contraction factors ``s_i`` spread evenly over ``[0.5, 0.97]`` (easy and hard samples mixed);
+* ``cell``: a weight-tied transformer cell ``f(z) = LN(h + MLP(h))``, ``h = LN(x + Attn(z))``
+  on ``[B, T, d]`` with per-sample input scales spread over ``[0.5, 2]``;
+* ``spectrum``: ``f(z) = A z + b`` with ``A`` symmetric, eigenvalues evenly filling
+  ``[-0.995, 0.995]`` (plain iteration needs ~log(tol)/log(0.995) steps).
+
+Tolerance: the absolute optimality residual ``||f(z) - z||`` of each sample below ``tol`` (ours:
+``stop="grad<tol"``, every sample on its own; torchdeq: ``stop_mode="abs"``, which stops when
+the worst sample is below ``tol``). ``tol = 1e-5 * sqrt(n)`` (an RMS residual of 1e-5 per
+coordinate), float32. ``f calls`` counts batched calls of ``f`` (one per iteration for every
+solver here); ``rows`` counts the samples those calls evaluated. The final residual is
+recomputed from the returned ``z`` for every method alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+import eqtheory as eqt
+from benchmarks.common import Report, interleaved_medians, pin_threads
+
+MAX_ITER = 300
+QUICK_MAX_ITER = 80
+OURS = {"picard": {}, "anderson": {}, "broyden": {}}
+PEER = {"picard": "fixed_point_iter", "anderson": "anderson", "broyden": "broyden"}
+
+
+@dataclass
+class Case:
+    """One fixed-point problem: ``f``, the start ``z0`` and the absolute tolerance."""
+
+    name: str
+    f: Callable[[Tensor], Tensor]
+    z0: Tensor
+    tol: float
+    max_iter: int = MAX_ITER
+
+
+class Counted:
+    """Wraps ``f`` to count batched calls and evaluated rows."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
+        self.f, self.calls, self.rows = f, 0, 0
+
+    def __call__(self, z: Tensor) -> Tensor:
+        self.calls += 1
+        self.rows += z.shape[0]
+        return self.f(z)
+
+
+def _unit_spectral(n: int, generator: torch.Generator) -> Tensor:
+    W = torch.randn(n, n, generator=generator) / math.sqrt(n)
+    return W / torch.linalg.matrix_norm(W, ord=2)
+
+
+def tanh_case(width: int, batch: int, seed: int = 0) -> Case:
+    generator = torch.Generator().manual_seed(seed)
+    W = _unit_spectral(width, generator)
+    drive = torch.randn(batch, width, generator=generator)  # U x_i
+    scale = torch.linspace(0.5, 0.97, batch)[torch.randperm(batch, generator=generator)]
+
+    def f(z: Tensor) -> Tensor:
+        return torch.tanh(scale[:, None] * (z @ W.T) + drive)
+
+    return Case(f"tanh n={width} B={batch}", f, torch.zeros(batch, width), 1e-5 * math.sqrt(width))
+
+
+class _Cell(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm_attn, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        h = self.norm_attn(x + self.attn(z, z, z, need_weights=False)[0])  # (B, T, d)
+        return self.norm_mlp(h + self.mlp(h))
+
+
+def cell_case(batch: int, length: int, dim: int, seed: int = 0) -> Case:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    cell = _Cell(dim, heads=4).eval()
+    for p in cell.parameters():
+        p.requires_grad_(False)
+    scale = torch.linspace(0.5, 2.0, batch)[:, None, None]
+    x = scale * torch.randn(batch, length, dim, generator=generator)
+
+    def f(z: Tensor) -> Tensor:
+        return cell(z, x)
+
+    n = length * dim
+    return Case(f"cell B={batch} T={length} d={dim}", f, torch.zeros(batch, length, dim),
+                1e-5 * math.sqrt(n))
+
+
+def spectrum_case(width: int, batch: int, seed: int = 0) -> Case:
+    generator = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
+    A = (Q * torch.linspace(-0.995, 0.995, width, dtype=torch.float64)) @ Q.T
+    A = A.float()
+    b = torch.randn(batch, width, generator=generator)
+
+    def f(z: Tensor) -> Tensor:
+        return z @ A + b
+
+    return Case(f"spectrum n={width} B={batch}", f, torch.zeros(batch, width),
+                1e-5 * math.sqrt(width))
+
+
+def cases(quick: bool) -> list[Case]:
+    if quick:
+        tiny = [tanh_case(32, 8), cell_case(2, 8, 16), spectrum_case(32, 2)]
+        return [dataclasses.replace(case, max_iter=QUICK_MAX_ITER) for case in tiny]
+    return [
+        tanh_case(64, 1), tanh_case(64, 256), tanh_case(512, 64), tanh_case(4096, 8),
+        cell_case(16, 32, 64), spectrum_case(256, 16),
+    ]
+
+
+def _residual(f: Callable[[Tensor], Tensor], z: Tensor) -> float:
+    return float(torch.linalg.vector_norm((f(z) - z).reshape(z.shape[0], -1), dim=1).max())
+
+
+def solve_ours(case: Case, method: str, counted: Counted) -> Tensor:
+    sol = eqt.fixed_point(
+        counted, case.z0, solver=method, stop=f"grad<{case.tol:g}|steps={case.max_iter}",
+        **OURS[method],
+    )
+    return sol.z
+
+
+def solve_peer(case: Case, method: str, counted: Counted) -> Tensor:
+    from torchdeq.solver import get_solver
+
+    z, _, _ = get_solver(PEER[method])(
+        counted, case.z0, max_iter=case.max_iter, tol=case.tol, stop_mode="abs"
+    )
+    return z
+
+
+def peer_available() -> bool:
+    return importlib.util.find_spec("torchdeq") is not None
+
+
+def run(*, quick: bool = False) -> Report:
+    pin_threads()
+    repeats = 1 if quick else 5
+    peer = peer_available()
+    report = Report(
+        "solvers",
+        ["problem", "library", "solver", "time_ms", "f_calls", "rows", "residual", "tol",
+         "converged"],
+    )
+    summary = []
+    for case in cases(quick):
+        libraries = [("ours", solve_ours)] + ([("torchdeq", solve_peer)] if peer else [])
+        contenders = {}
+        for library, solve in libraries:
+            for method in OURS:
+                def once(solve=solve, method=method, case=case) -> tuple[Tensor, Counted]:
+                    counted = Counted(case.f)
+                    with torch.no_grad():
+                        return solve(case, method, counted), counted
+
+                contenders[library, method] = once
+        timed = interleaved_medians(contenders, repeats=repeats)
+        best: dict[str, dict] = {}
+        for (library, method), (seconds, (z, counted)) in timed.items():
+            with torch.no_grad():
+                residual = _residual(case.f, z)
+            row = {
+                "problem": case.name, "library": library, "solver": method,
+                "time_ms": 1e3 * seconds, "f_calls": counted.calls, "rows": counted.rows,
+                "residual": residual, "tol": case.tol,
+                "converged": bool(math.isfinite(residual) and residual < case.tol * 1.0001),
+            }
+            report.rows.append(row)
+            current = best.get(library)
+            if row["converged"] and (current is None or row["time_ms"] < current["time_ms"]):
+                best[library] = row
+        summary.append((case.name, best))
+    report.notes += [
+        "time_ms: median wall time of repeated solves (warm-up excluded, contenders timed "
+        "round-robin), "
+        f"torch.set_num_threads({torch.get_num_threads()}); compare ratios, not absolute times.",
+        "Tolerance: absolute residual ||f(z) - z|| < tol per sample, tol = 1e-5 * sqrt(n); "
+        "residual column = max over the batch, recomputed from the returned z.",
+        "Both libraries use their default solver options; max "
+        f"{QUICK_MAX_ITER if quick else MAX_ITER} iterations.",
+    ]
+    if not peer:
+        report.notes.append("torchdeq is not installed (pip install -e '.[benchmarks]'): "
+                            "the comparison columns are absent.")
+        report.targets["ours >= 4x faster than torchdeq's best"] = {
+            "met": None, "detail": "torchdeq not installed"}
+        return report
+    speedups, fewer, fewest_fewer = [], [], []
+    for name, best in summary:
+        ours, theirs = best.get("ours"), best.get("torchdeq")
+        calls = {lib: min((r["f_calls"] for r in report.rows if r["problem"] == name
+                           and r["library"] == lib and r["converged"]), default=None)
+                 for lib in ("ours", "torchdeq")}
+        fewest_fewer.append(calls["ours"] is not None and (
+            calls["torchdeq"] is None or calls["ours"] <= calls["torchdeq"]))
+        if ours is None or theirs is None:
+            report.notes.append(
+                f"{name}: ours best {ours and ours['solver']}, torchdeq best "
+                f"{theirs and theirs['solver']} (None: none converged)")
+            speedups.append(math.inf if theirs is None and ours is not None else 0.0)
+            fewer.append(ours is not None)
+            continue
+        ratio = theirs["time_ms"] / ours["time_ms"]
+        speedups.append(ratio)
+        fewer.append(ours["f_calls"] <= calls["torchdeq"])
+        report.notes.append(
+            f"{name}: fastest ours {ours['solver']} vs fastest torchdeq {theirs['solver']}: "
+            f"{ratio:.2f}x faster; f calls {ours['f_calls']} vs torchdeq's fewest "
+            f"{calls['torchdeq']}; fewest f calls: ours {calls['ours']}, "
+            f"torchdeq {calls['torchdeq']}"
+        )
+    report.targets["ours >= 4x faster than torchdeq's best on every problem"] = {
+        "met": all(s >= 4 for s in speedups),
+        "detail": "speed-ups " + ", ".join(f"{s:.2f}x" for s in speedups),
+    }
+    report.targets["our fastest solver needs no more iterations than torchdeq's fewest"] = {
+        "met": all(fewer), "detail": f"{sum(fewer)}/{len(fewer)} problems",
+    }
+    report.targets["our fewest iterations <= torchdeq's fewest"] = {
+        "met": all(fewest_fewer), "detail": f"{sum(fewest_fewer)}/{len(fewest_fewer)} problems",
+    }
+    return report

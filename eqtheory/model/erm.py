@@ -1,0 +1,119 @@
+r"""The Equilibrium Refinement Module (ERM): refine a proposal by minimising an energy.
+
+.. math:: z^* = \arg\min_z \Phi(z), \qquad
+          \Phi(z) = L_\theta(z; x) + \frac{\|z - z_0\|^2}{2\gamma}
+
+from ``z_0`` (the block output, the paper's proposal ``f``), with the variant's learned energy
+``L`` (any `Energy` over ``z: [B, T, d]``), the `anchor` prior (``gamma``, annealable with
+`set_gamma`), a solver (step size ``alpha``), a stopping rule (one for training, one for
+evaluation, or one given per call: ``stop="steps=0"`` returns ``z_0`` unchanged, the K = 0
+control) and a backward mode, all through `eqtheory.minimize`. The paper's Eq. 8 is
+``solver="gd"`` with ``K`` steps. An optional LayerNorm follows refinement (as in the paper),
+so the output is not exactly the minimiser of ``Phi``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from eqtheory import stopping
+from eqtheory.api import minimize
+from eqtheory.backward.base import BackwardMode
+from eqtheory.energies.anchor import Anchor
+from eqtheory.energies.base import Context, Energy, SumEnergy
+from eqtheory.solution import Solution
+from eqtheory.solvers.base import Solver
+from eqtheory.stopping.base import StopRule
+
+
+class ERM(nn.Module):
+    """Refine ``z0: [B, T, d]`` by minimising ``energy + anchor(gamma)``.
+
+    Args:
+        energy: the learned energy ``L`` (``[B, T, d] -> [B]``, summed over positions).
+        gamma: the prior's ``gamma > 0`` (``inf``: no prior).
+        solver: the solver object (its step size is the variant's ``alpha``).
+        stop_train, stop_eval: stopping rules (spec strings or objects) used in ``train()`` and
+            ``eval()`` mode.
+        backward: the backward mode (``unrolled``, ``implicit``, ``phantom``).
+        width: ``d``, for the LayerNorm; ``layernorm``: apply it after refinement.
+
+    Example:
+        >>> import torch
+        >>> from eqtheory.solvers import GradientDescent
+        >>> from eqtheory.backward import Unrolled
+        >>> from eqtheory.energies import LogCosh
+        >>> erm = ERM(LogCosh(dim=12), gamma=1.0, solver=GradientDescent(), stop_train="steps=2",
+        ...           stop_eval="steps=8", backward=Unrolled(), width=4, layernorm=False)
+        >>> z0 = torch.randn(2, 3, 4)
+        >>> z, solution = erm(z0, {}, stop="steps=0")
+        >>> bool(torch.equal(z, z0)), solution.steps.tolist()
+        (True, [0, 0])
+    """
+
+    def __init__(
+        self,
+        energy: Energy,
+        *,
+        gamma: float,
+        solver: Solver,
+        stop_train: str | StopRule,
+        stop_eval: str | StopRule,
+        backward: BackwardMode,
+        width: int,
+        layernorm: bool,
+    ) -> None:
+        super().__init__()
+        # Phi = L + anchor; `energy` is registered once, inside `objective`.
+        self.objective = SumEnergy([(1.0, energy), (1.0, Anchor(gamma=gamma))])
+        self.solver = solver
+        self.stop_train = stopping.resolve(stop_train)
+        self.stop_eval = stopping.resolve(stop_eval)
+        self.backward = backward
+        self.norm = nn.LayerNorm(width) if layernorm else None
+
+    @property
+    def energy(self) -> Energy:
+        """The learned energy ``L`` (without the prior)."""
+        return self.objective.terms[0]
+
+    @property
+    def anchor(self) -> Anchor:
+        return self.objective.terms[1]
+
+    def set_gamma(self, gamma: float) -> None:
+        """Set the prior's ``gamma`` (annealing); no host sync."""
+        self.anchor.set_gamma(gamma)
+
+    def forward(
+        self,
+        z0: Tensor,
+        context: Context,
+        *,
+        stop: str | StopRule | None = None,
+        readout: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Solution]:
+        """Refine the proposal.
+
+        Args:
+            z0: ``[B, T, d]`` proposal.
+            context: ``tokens [B, T]``, optionally ``mask [B, T]``; ``z0`` is added.
+            stop: overrides the train/eval rule for this call (``"steps=0"``: no refinement).
+            readout: ``z -> logits`` for rules that read predictions (``stable``, ``adaptive``).
+
+        Returns:
+            ``z [B, T, d]`` (refined, then LayerNorm if enabled) and the `Solution`
+            (``solution.z`` is the refined state before the LayerNorm).
+        """
+        if stop is None:
+            rule = self.stop_train if self.training else self.stop_eval
+        else:
+            rule = stopping.resolve(stop)
+        solution = minimize(
+            self.objective, z0, solver=self.solver, stop=rule, backward=self.backward,
+            context=context, readout=readout,
+        )
+        z = solution.z if self.norm is None else self.norm(solution.z)
+        return z, solution

@@ -1,0 +1,86 @@
+"""The benchmarks run in their tiny (``--quick``) configurations and write a well-formed report.
+
+No timing assertions: speed targets live in the benchmark output, never in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import memory, overhead, solvers, throughput
+from benchmarks.__main__ import main
+from benchmarks.common import Report
+
+
+def _check_report(report: Report) -> None:
+    assert report.rows, f"{report.name} produced no rows"
+    for row in report.rows:
+        assert set(row) == set(report.columns), (report.name, row)
+        for value in row.values():
+            if isinstance(value, float):
+                assert not math.isnan(value), (report.name, row)
+    for target in report.targets.values():
+        assert target["met"] in (True, False, None) and isinstance(target["detail"], str)
+    json.dumps(report.as_dict())
+    assert report.markdown().startswith(f"## {report.name}")
+
+
+def test_solvers_quick_converges_and_compares():
+    report = solvers.run(quick=True)
+    _check_report(report)
+    ours = [r for r in report.rows if r["library"] == "ours"]
+    assert {r["solver"] for r in ours} == {"picard", "anderson", "broyden"}
+    for row in ours:
+        assert row["f_calls"] >= 1 and row["time_ms"] > 0
+        # Anderson reaches the tolerance on the contractive maps (residual recomputed)
+        if row["solver"] == "anderson" and not row["problem"].startswith("spectrum"):
+            assert row["converged"] and row["residual"] < row["tol"], row
+    for problem in {r["problem"] for r in ours}:  # some solver of ours solves every problem
+        assert any(r["converged"] for r in ours if r["problem"] == problem), problem
+    if not solvers.peer_available():
+        assert any("torchdeq is not installed" in note for note in report.notes)
+        pytest.skip("torchdeq not installed (pip install -e '.[benchmarks]'): comparison skipped")
+    assert {r["library"] for r in report.rows} == {"ours", "torchdeq"}
+    assert all(r["f_calls"] >= 1 for r in report.rows)
+
+
+def test_memory_implicit_is_flat_and_unrolled_grows():
+    report = memory.run(quick=True)
+    _check_report(report)
+    implicit = [r["implicit_bytes"] for r in report.rows]
+    unrolled = [r["unrolled_bytes"] for r in report.rows]
+    assert all(r["grads_ok"] for r in report.rows)
+    assert max(implicit) <= 1.1 * min(implicit)
+    assert all(a < b for a, b in zip(unrolled, unrolled[1:]))
+
+
+def test_overhead_quick_ratios_are_finite():
+    report = overhead.run(quick=True)
+    _check_report(report)
+    assert [r["measure"] for r in report.rows] == ["train K=2", "eval K=8", "eval K=32"]
+    for row in report.rows:
+        assert row["eqt/baseline time"] > 0 and row["FLOP bound"] > 1 and row["finite"]
+
+
+@pytest.mark.slow
+def test_throughput_quick_runs_every_label():
+    report = throughput.run(quick=True)
+    _check_report(report)
+    assert report.rows[-1]["label"] == "grid (estimate)"
+    assert all(r["finite loss"] for r in report.rows[:-1])
+
+
+def test_cli_writes_markdown_and_json(tmp_path):
+    assert main(["--only", "memory", "--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["quick"] is True and data["machine"]["threads"] >= 1
+    assert [b["name"] for b in data["benchmarks"]] == ["memory"]
+    assert "## memory" in (tmp_path / "results.md").read_text()
+
+
+def test_cli_rejects_unknown_benchmark():
+    with pytest.raises(SystemExit):
+        main(["--only", "memroy"])
