@@ -23,7 +23,7 @@ from torch import nn
 
 from eqtheory import stopping
 from eqtheory.backward.registry import BACKWARD
-from eqtheory.energies.registry import ENERGIES
+from eqtheory.energies.parse import parse_terms
 from eqtheory.registry import Registry, UnknownOptionError, check_options, did_you_mean
 from eqtheory.solvers.registry import SOLVERS
 from eqtheory.spec import SpecError, Tokens
@@ -160,32 +160,7 @@ def component(text: str, registry: Registry) -> tuple[type, dict[str, Any]]:
 def energy_terms(text: str) -> list[type]:
     """The classes of the terms of an energy spec (``"bidir+0.1*memory"``), checked without
     building them: names, options and the ``name=value`` primary option."""
-    if not text or not text.strip():
-        raise SpecError("empty energy spec; e.g. 'bidir+0.1*memory'")
-    tokens = Tokens(text)
-    classes = []
-    while True:
-        token = tokens.peek()
-        if token is not None and token[0] == "number":
-            tokens.value()
-            tokens.take("op", "*")
-        term = tokens.term()
-        cls = ENERGIES.get(term.name, context=text)
-        options = dict(term.options)
-        if term.comparator is not None:
-            primary = getattr(cls, "primary", None)
-            if primary is None or term.comparator != "=":
-                raise SpecError(
-                    f"energy term {term.name!r} takes options as {term.name}(key=value)"
-                )
-            options[primary] = term.primary
-        check_options(cls, options, kind="energy term", name=term.name)
-        classes.append(cls)
-        if not tokens.at("+"):
-            break
-        tokens.take("op", "+")
-    tokens.done()
-    return classes
+    return [cls for _, cls, _ in parse_terms(text)]
 
 
 def build(

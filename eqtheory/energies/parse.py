@@ -24,15 +24,15 @@ def _accepts(cls: type, key: str) -> bool:
     return key in inspect.signature(cls).parameters
 
 
-def parse(text: str, **dims: Any) -> Energy:
-    """Build the energy a spec string names. A single unweighted term is returned as itself."""
+def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
+    """Validate an energy spec without building anything: ``[(weight, class, options)]``.
+
+    Checks the names (did-you-mean), the options against each constructor, and the
+    ``name=value`` primary-option form."""
     if not text or not text.strip():
         raise SpecError("empty energy spec; e.g. 'bidir+0.1*memory'")
-    for key in dims:
-        if key not in BUILD_DIMS:
-            raise UnknownOptionError(did_you_mean(key, list(BUILD_DIMS), kind="build dim"))
     tokens = Tokens(text)
-    terms: list[tuple[float, Energy]] = []
+    terms: list[tuple[float, type[Energy], dict[str, Any]]] = []
     while True:
         weight = 1.0
         token = tokens.peek()
@@ -50,14 +50,23 @@ def parse(text: str, **dims: Any) -> Energy:
                 )
             options[primary] = term.primary
         check_options(cls, options, kind="energy term", name=term.name)
-        for key, value in dims.items():
-            if key not in options and _accepts(cls, key):
-                options[key] = value
-        terms.append((weight, cls(**options)))
+        terms.append((weight, cls, options))
         if not tokens.at("+"):
             break
         tokens.take("op", "+")
     tokens.done()
-    if len(terms) == 1 and terms[0][0] == 1.0:
-        return terms[0][1]
-    return SumEnergy(terms)
+    return terms
+
+
+def parse(text: str, **dims: Any) -> Energy:
+    """Build the energy a spec string names. A single unweighted term is returned as itself."""
+    for key in dims:
+        if key not in BUILD_DIMS:
+            raise UnknownOptionError(did_you_mean(key, list(BUILD_DIMS), kind="build dim"))
+    built: list[tuple[float, Energy]] = []
+    for weight, cls, options in parse_terms(text):
+        shared = {k: v for k, v in dims.items() if k not in options and _accepts(cls, k)}
+        built.append((weight, cls(**options, **shared)))
+    if len(built) == 1 and built[0][0] == 1.0:
+        return built[0][1]
+    return SumEnergy(built)
