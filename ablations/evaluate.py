@@ -11,7 +11,8 @@ aux-only models are evaluated once, under ``"steps=0"``)::
                            ranked by the SAME model's K = 0 confidence max_v p(v) (ties broken
                            by a seeded permutation), so gains by difficulty are paired},
      "steps_mean", "steps_hist" {"k": count}, "status_counts" {"converged": count, ...}:
-         over (sequence, ERM) pairs (empty for models that do not refine),
+         over (position, ERM) pairs: the ERM solves each position separately (empty for
+         models that do not refine),
      "fevals_per_token": energy evaluations per token, summed over ERMs (`Solution.fevals`),
      "flops_per_token": `ablations.flops.flops_per_token` with those evaluations,
      "trace": {"residual": K values, batch mean of ||z_k - z_{k-1}|| over active sequences for

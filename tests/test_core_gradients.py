@@ -166,3 +166,23 @@ def test_only_unrolled_keeps_a_graph_that_grows_with_the_steps(backward):
         assert sizes[1] > 5 * sizes[0]
     else:
         assert sizes[0] == sizes[1]
+
+
+def test_fixed_point_adjoint_accuracy_does_not_depend_on_other_samples():
+    """Sample 1's loss is 1e-4 times sample 0's; its implicit gradient must stay as accurate."""
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(DIM, DIM, generator=gen, dtype=torch.float64)
+    W = 0.9 * W / torch.linalg.matrix_norm(W, ord=2)
+    b = nn.Parameter(torch.randn(2, DIM, generator=gen, dtype=torch.float64))
+    weights = torch.tensor([[1.0], [1e-4]], dtype=torch.float64)
+
+    def loss(mode):
+        sol = eqt.fixed_point(lambda z: z @ W.T + b, torch.zeros(2, DIM, dtype=torch.float64),
+                              backward=mode, stop="grad<1e-14|steps=500")
+        return (weights * sol.z**2).sum()
+
+    (implicit,) = _grads(lambda: loss("implicit"), [b])
+    exact_z = torch.linalg.solve(torch.eye(DIM, dtype=torch.float64) - W, b.detach().T).T
+    exact = torch.linalg.solve(torch.eye(DIM, dtype=torch.float64) - W.T, (2 * weights * exact_z).T).T
+    relative = (implicit - exact).norm(dim=1) / exact.norm(dim=1)
+    assert (relative < 1e-8).all(), relative

@@ -128,3 +128,15 @@ def test_float32_fixed_point_with_collinear_residuals(name):
             stop="residual<1e-6|steps=100",
         )
     assert sol.counts() == {"converged": 3}, sol.messages()
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_zero_steps_return_the_start_exactly(name):
+    """The K = 0 control: no solver may change z0 before its first step (noise included)."""
+    if "minimize" not in eqt.solvers.get(name).solves:
+        pytest.skip(f"{name} does not minimise energies")
+    z0 = torch.randn(3, 4, dtype=torch.float64)
+    energy = eqt.energies.Quadratic(dim=4)
+    with torch.no_grad():
+        sol = eqt.minimize(energy, z0, solver=build_solver(name, 0.1), stop="steps=0")
+    assert torch.equal(sol.z, z0)

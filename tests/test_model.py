@@ -77,18 +77,19 @@ def test_erm_with_zero_steps_returns_the_proposal_exactly():
     z, solution = erm(z0, {}, stop="steps=0")
     assert torch.equal(solution.z, z0)
     torch.testing.assert_close(z, erm.norm(z0), rtol=0, atol=0)
-    assert solution.steps.tolist() == [0, 0, 0]
+    assert solution.steps.tolist() == [0] * 15  # per position: B * T = 15 solves
     z_refined, refined = erm(z0, {})  # train mode: stop_train
-    assert refined.steps.tolist() == [2, 2, 2]
+    assert refined.steps.tolist() == [2] * 15
     assert not torch.allclose(refined.z, z0)
 
 
 def test_train_and_eval_rules_are_separate():
     model = make(VariantSpec(energy="mask", stop_train="steps=1", stop_eval="steps=3"))
     x = tokens()
-    assert model.train()(x).solutions[0].steps.tolist() == [1] * 4
-    assert model.eval()(x, with_energy=False).solutions[0].steps.tolist() == [3] * 4
-    assert model(x, stop="steps=5", with_energy=False).solutions[0].steps.tolist() == [5] * 4
+    positions = x.numel()  # the ERM solves each position separately
+    assert model.train()(x).solutions[0].steps.tolist() == [1] * positions
+    assert model.eval()(x, with_energy=False).solutions[0].steps.tolist() == [3] * positions
+    assert model(x, stop="steps=5", with_energy=False).solutions[0].steps.tolist() == [5] * positions
 
 
 def test_eqt_at_k0_without_layernorm_is_the_baseline_forward():
@@ -202,3 +203,20 @@ def test_spec_round_trip_still_holds_with_component_options():
     spec = dataclasses.replace(VariantSpec(), solver="gd(momentum=0.9)", energy="bidir=8+mask")
     assert VariantSpec.parse(spec.to_string()) == spec
     make(spec)  # and it builds
+
+
+@pytest.mark.parametrize(
+    ("solver", "stop"),
+    [("anderson", "steps=6"), ("broyden", "steps=6"), ("ttt", "steps=6"),
+     ("gd", "residual<1e-3|steps=40"), ("gd", "stable=2|steps=40")],
+)
+def test_refinement_is_causal_for_every_solver_and_rule(solver, stop):
+    """Flipping the last bit changes no earlier position's logits (solves are per position)."""
+    model = make(VariantSpec(energy="bidir+mask+confidence", solver=solver, stop_eval=stop)).eval()
+    x = tokens()
+    flipped = x.clone()
+    flipped[:, -1] = 1 - flipped[:, -1]
+    with torch.no_grad():
+        a = model(x, with_energy=False).logits
+        b = model(flipped, with_energy=False).logits
+    assert torch.equal(a[:, :-1], b[:, :-1])

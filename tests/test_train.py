@@ -63,7 +63,8 @@ def test_eqt_smoke_run_produces_the_metrics_schema(tmp_path):
         assert set(record["acc_by_position"]) == {"q1", "q2", "q3", "q4"}
         assert set(record["acc_by_difficulty"]) == {"hard", "medium", "easy"}
         assert 0 <= record["acc"] <= 1
-    assert k0["steps_hist"] == {"0": 128} and k8["steps_hist"] == {"8": 128}
+    # per position: 128 test sequences x 8 positions
+    assert k0["steps_hist"] == {"0": 1024} and k8["steps_hist"] == {"8": 1024}
     assert k8["fevals_per_token"] == 9.0 and k0["fevals_per_token"] == 1.0
     assert len(k8["trace"]["residual"]) == 8 and len(k8["trace"]["energy"]) == 9
     assert k8["flops_per_token"] > k0["flops_per_token"]

@@ -47,12 +47,17 @@ def fixed_point_adjoint(
     apply: Callable[[Tensor], Tensor], rhs: Tensor, *, tol: float = 1e-10, max_iter: int = 200
 ) -> Tensor:
     """Solve ``A w = rhs`` as the fixed point ``w = w - (A w - rhs)`` with Anderson acceleration
-    (converges when ``I - A`` is a contraction, e.g. ``A = (I - J_f)^T`` for contractive f)."""
+    (converges when ``I - A`` is a contraction, e.g. ``A = (I - J_f)^T`` for contractive f).
+
+    ``A`` is block-diagonal per sample (linear), so each sample solves for ``rhs_i / ||rhs_i||``
+    and the tolerance is relative per sample, whatever the other samples' scales."""
     from eqtheory.api import fixed_point  # the adjoint is itself a fixed-point problem
 
-    scale = float(torch.linalg.vector_norm(rhs.reshape(rhs.shape[0], -1), dim=1).max())
+    norms = torch.linalg.vector_norm(rhs.reshape(rhs.shape[0], -1), dim=1)
+    scale = _bcast(torch.where(norms > 0, norms, 1), rhs)
+    unit = rhs / scale
     solution = fixed_point(
-        lambda w: w - (apply(w) - rhs), rhs, solver="anderson", backward="unrolled",
-        stop=f"residual<{max(tol * scale, 1e-300):g}|steps={max_iter}",
+        lambda w: w - (apply(w) - unit), unit, solver="anderson", backward="unrolled",
+        stop=f"residual<{max(tol, 1e-300):g}|steps={max_iter}",
     )
-    return solution.z
+    return solution.z * scale

@@ -10,6 +10,15 @@ evaluation, or one given per call: ``stop="steps=0"`` returns ``z_0`` unchanged,
 control) and a backward mode, all through `eqtheory.minimize`. The paper's Eq. 8 is
 ``solver="gd"`` with ``K`` steps. An optional LayerNorm follows refinement (as in the paper),
 so the output is not exactly the minimiser of ``Phi``.
+
+Refinement is per position, as the paper's math is per token: the solve runs on the ``B * T``
+latents ``z_t: [d]`` as separate samples, so every solver's per-sample arithmetic (Anderson's
+mixing weights, Broyden's inverse Jacobian, TTT's fast weights), every stopping decision and the
+NaN/divergence freeze act on one position at a time, and position ``t`` never reads positions
+``> t`` (the energies' gradients at ``z_t`` read only ``z_t`` and the causal context). The
+energy *value* a position sees is its sequence's total ``Phi`` (value-based rules such as
+``energy<tau`` and Armijo line searches therefore decide on the sequence's total); its gradient
+is the per-token gradient ``grad_{z_t} Phi``.
 """
 
 from __future__ import annotations
@@ -105,15 +114,30 @@ class ERM(nn.Module):
 
         Returns:
             ``z [B, T, d]`` (refined, then LayerNorm if enabled) and the `Solution`
-            (``solution.z`` is the refined state before the LayerNorm).
+            (``solution.z [B, T, d]`` is the refined state before the LayerNorm; its
+            ``status``, ``steps``, ``fevals`` are per position, ``[B*T]``, and its trace
+            ``[K+1, B*T]``).
         """
         if stop is None:
             rule = self.stop_train if self.training else self.stop_eval
         else:
             rule = stopping.resolve(stop)
+        batch, length, width = z0.shape
+        full_context = {**context, "z0": z0}
+
+        def per_position_energy(z_flat: Tensor) -> Tensor:
+            """``[B*T, d] -> [B*T]``: value = the sequence's total, gradient = per token."""
+            total = self.objective(z_flat.reshape(batch, length, width), full_context)  # (B,)
+            share = (total / length).repeat_interleave(length)  # (B*T,), sums to the totals
+            return share + (total.repeat_interleave(length) - share).detach()
+
+        def per_position_readout(z_flat: Tensor) -> Tensor:
+            return (readout or (lambda z: z))(z_flat)  # readouts act on the last dim
+
         solution = minimize(
-            self.objective, z0, solver=self.solver, stop=rule, backward=self.backward,
-            context=context, readout=readout,
+            per_position_energy, z0.reshape(batch * length, width), solver=self.solver,
+            stop=rule, backward=self.backward, readout=per_position_readout,
         )
+        solution.z = solution.z.reshape(batch, length, width)
         z = solution.z if self.norm is None else self.norm(solution.z)
         return z, solution

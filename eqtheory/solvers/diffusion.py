@@ -55,7 +55,8 @@ class Diffusion(Solver):
         sigma_max, sigma_min: noise levels at the start and end of the schedule.
         anneal_steps: ``K``, steps over which the noise is annealed.
         schedule: ``linear``, ``cosine``, ``geometric`` or ``constant``.
-        noise_start: add ``sigma_max`` noise to ``z0`` before the first step.
+        noise_start: add ``sigma_max`` noise to ``z0`` at the start of the first step (so a
+            solve stopped at step 0 returns ``z0`` itself; the first step costs 2 evaluations).
         seed: seed of the noise generator.
     """
 
@@ -87,24 +88,26 @@ class Diffusion(Solver):
 
     def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
         generator = torch.Generator(device=z0.device).manual_seed(self.seed)
-        if self.noise_start and self.sigma_max > 0:
-            z0 = z0 + self.sigma_max * _normal(z0, generator)
         state = observe(problem, z0)
         state["k"] = torch.zeros(z0.shape[0], dtype=torch.int64, device=z0.device)
         state["generator"] = generator
         return state, 1
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
-        z, k = state["z"], state["k"]
+        z, k, grad, evals = state["z"], state["k"], state["G"], 1
+        if self.noise_start and self.sigma_max > 0 and "noised" not in state:
+            # the start noise enters with the first step, so K = 0 returns z0 exactly
+            start = observe(problem, z + self.sigma_max * _normal(z, state["generator"]))
+            z, grad, evals = start["z"], start["G"], 2
         sigma = noise_level(
             k, schedule=self.schedule, sigma_max=self.sigma_max, sigma_min=self.sigma_min,
             anneal_steps=self.anneal_steps,
         ).to(z.dtype)
         noise = _normal(z, state["generator"]) * sigma.view((-1,) + (1,) * (z.dim() - 1))
-        z_new = z - self.step_size * state["G"] + math.sqrt(2 * self.step_size) * noise
+        z_new = z - self.step_size * grad + math.sqrt(2 * self.step_size) * noise
         new = observe(problem, z_new)
-        new["k"], new["generator"] = k + 1, state["generator"]
-        return new, 1
+        new["k"], new["generator"], new["noised"] = k + 1, state["generator"], True
+        return new, evals
 
 
 def _normal(like: Tensor, generator: torch.Generator) -> Tensor:
