@@ -268,9 +268,7 @@ def plot_accuracy(table: Table, path: Path) -> None:
     axis.set_ylabel("per-token accuracy (%)")
     axis.set_title(f"{table.task}: mean and 95% CI over seeds")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _mean_trace(by_seed: dict[int, dict[str, Any]], key: str) -> list[float]:
@@ -300,10 +298,7 @@ def plot_traces(table: Table, name: str, path: Path) -> bool:
             axis.set_yscale("log")
         axis.legend(fontsize=7)
     figure.suptitle(f"{table.task}, {name}: convergence (mean over seeds)")
-    figure.tight_layout()
-    if drawn:
-        figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path if drawn else None)
     return drawn
 
 
@@ -332,9 +327,7 @@ def plot_steps(table: Table, name: str, path: Path) -> bool:
     axis.set_ylabel("fraction of samples")
     axis.set_title(f"{table.task}, {name}: steps taken (all seeds)")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
     return True
 
 
@@ -598,6 +591,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary_table(store.rows()))
     print(f"report: {path}")
     return 0
+
+
+def _save(figure, path: Path | None) -> None:
+    """Lay out, write ``figure`` as a PNG at ``path`` (if given) and free it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,7 @@ from ablations.train import (
 )
 from eqtheory.variants import VariantSpec, build
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = RunConfig(
