@@ -38,12 +38,7 @@ FROZEN = ("z", "G", "energy", "grad_norm")
 
 def _freeze(accept: Tensor, new: State, old: State) -> State:
     """``new`` with the `FROZEN` entries of samples not in ``accept`` ``[B]`` taken from ``old``."""
-    merged = dict(new)
-    for key in FROZEN:
-        value = new[key]
-        mask = accept.view((accept.shape[0],) + (1,) * (value.dim() - 1))
-        merged[key] = torch.where(mask, value, old[key])
-    return merged
+    return {**new, **_merge(accept, {key: new[key] for key in FROZEN}, old)}
 
 
 def _merge(keep_new: Tensor, new: State, old: State) -> State:
