@@ -95,9 +95,10 @@ def minimize(
 
 
 def fixed_point(
-    f: Callable[[Tensor], Tensor],
+    f: Callable[..., Tensor],
     z0: Tensor,
     *,
+    args: tuple[Tensor, ...] | None = None,
     solver: str | Solver = "deq",
     stop: str | StopRule = DEFAULT_STOP,
     backward: str | BackwardMode = "unrolled",
@@ -108,16 +109,33 @@ def fixed_point(
 ) -> Solution:
     """Solve ``z* = f(z*)`` from ``z0: [B, *S]`` (``f`` must be batch-independent).
 
-    Args are those of `minimize`; the optimality residual is ``G(z) = z - f(z)``.
+    Args are those of `minimize`, plus ``args``: per-sample tensors ``[B, ...]`` the map reads,
+    ``f(z, *args)``. Give them (rather than closing over them) so that the loop can evaluate
+    ``f`` only on the samples still running once others have stopped (``f`` must then act row
+    by row, and so must ``readout``). The optimality residual is ``G(z) = z - f(z)``.
 
     Example:
         >>> import torch, eqtheory as eqt
         >>> sol = eqt.fixed_point(lambda z: 0.5 * z + 1, torch.zeros(2, 3))
         >>> torch.allclose(sol.z, torch.full((2, 3), 2.0))
         True
+        >>> scale = torch.tensor([[0.1], [0.9]])  # an easy and a hard sample
+        >>> sol = eqt.fixed_point(lambda z, s: s * z + 1, torch.zeros(2, 3), args=(scale,),
+        ...                       solver="picard")
+        >>> sol.steps.tolist()  # the easy one stopped early and was no longer evaluated
+        [8, 100]
     """
+    if args is not None:
+        args = tuple(args)
+        bad = [i for i, a in enumerate(args)
+               if not isinstance(a, Tensor) or a.dim() == 0 or a.shape[0] != z0.shape[0]]
+        if bad:
+            raise ValueError(
+                f"args must be tensors with the batch size {z0.shape[0]} as their first "
+                f"dimension; args {bad} are not"
+            )
     return _solve(
-        FixedPointProblem(f), z0, solver=solver, stop=stop, backward=backward, readout=readout,
+        FixedPointProblem(f, args), z0, solver=solver, stop=stop, backward=backward, readout=readout,
         max_steps=max_steps, divergence=divergence, record_terms=False,
         solver_options=solver_options,
     )

@@ -12,6 +12,14 @@ Per iteration ``k`` and per sample ``i`` still active:
    history, are scratch once a sample stops: it never resumes and no result reads them).
 
 The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_STEPS``).
+
+**Compaction.** When the problem can be restricted to a subset of its samples
+(`Problem.restrict`, e.g. a fixed point given as ``f(z, *args)`` with per-sample ``args``), the
+loop evaluates only the samples still running: once at most `COMPACT_BELOW` of the working batch
+is active, the working batch (state, rule state, statuses, counters) is cut down to the active
+samples, and the finished ones are written back to the full-size result. Results are those of the
+full-batch loop (batch-independent problems), up to floating-point rounding of the batched
+kernels; the trace is rebuilt to ``[K+1, B]`` (stopped samples keep their last record).
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from eqtheory.status import Status
 from eqtheory.stopping.base import StepInfo, StopRule
 
 DEFAULT_MAX_STEPS = 1000
+COMPACT_BELOW = 0.5
+"""Compact the working batch once at most this fraction of it is still active (halving it at
+least, so at most ``log2 B`` compactions, each a gather of the state)."""
 
 
 FROZEN = ("z", "G", "energy", "grad_norm")
@@ -55,6 +66,16 @@ def _merge(keep_new: Tensor, new: State, old: State) -> State:
         else:
             merged[key] = value
     return merged
+
+
+def _take(values: dict, rows: Tensor, batch: int) -> dict:
+    """The per-sample entries of ``values`` (tensors with leading dimension ``batch``) at
+    ``rows``; shared entries unchanged."""
+    return {
+        key: value.index_select(0, rows)
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch else value
+        for key, value in values.items()
+    }
 
 
 def iterate(
@@ -104,14 +125,35 @@ def iterate(
     trace = _Trace(problem, record_terms)
     trace.record(state, nan, active, stop.trace_values(rule_state))
 
+    # Working batch: `rows` (None: all) of the full batch; per-sample tensors below are in its
+    # coordinates. `result` holds the full-size outputs of samples that left it.
+    work, rows, start = problem, None, z0
+    result = {"z": state["z"], "status": status, "steps": steps, "fevals": fevals}
+    can_compact = problem.restrictable
     for k in range(1, limit + 1):
-        if not bool(active.any()):
+        running = int(active.sum())
+        if running == 0:
             break
-        new, spent = solver.step(problem, state)
+        if can_compact and running <= COMPACT_BELOW * active.shape[0]:
+            result = _write_back(result, rows, state["z"], status, steps, fevals)
+            keep = active.nonzero().squeeze(1)
+            rows = keep if rows is None else rows.index_select(0, keep)
+            width = active.shape[0]
+            state, rule_state = _take(state, keep, width), _take(rule_state, keep, width)
+            per_sample = _take(
+                {"z_norm": z_norm, "bound": bound, "start": start, "status": status,
+                 "steps": steps, "fevals": fevals, "nan": nan}, keep, width)
+            z_norm, bound, start = per_sample["z_norm"], per_sample["bound"], per_sample["start"]
+            status, steps, fevals = per_sample["status"], per_sample["steps"], per_sample["fevals"]
+            nan, active = per_sample["nan"], active.index_select(0, keep)
+            work = problem.restrict(rows)
+            trace.compact(keep)
+        width = active.shape[0]
+        new, spent = solver.step(work, state)
         if isinstance(spent, int):
-            batch_fevals += spent * batch
+            batch_fevals += spent * width
         else:
-            spent = spent.expand(batch)
+            spent = spent.expand(width)
             batch_fevals += int(spent.sum())
         fevals = fevals + spent * active
         new_norm = batch_norm(new["z"].detach())
@@ -128,7 +170,7 @@ def iterate(
         steps = steps + accept
         active = accept
         info = StepInfo(
-            k, state["z"], z0, residual, relative, state["energy"], previous_energy,
+            k, state["z"], start, residual, relative, state["energy"], previous_energy,
             state["grad_norm"], readout,
         )
         done, codes, new_rule_state = stop.check(info, rule_state)
@@ -140,10 +182,22 @@ def iterate(
             state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state)
         )
     status = torch.where(active, int(Status.MAX_STEPS), status)
+    result = _write_back(result, rows, state["z"], status, steps, fevals)
     return Solution(
-        z=state["z"], status=status, steps=steps, fevals=fevals, batch_fevals=int(batch_fevals),
-        trace=trace.stacked(),
+        z=result["z"], status=result["status"], steps=result["steps"], fevals=result["fevals"],
+        batch_fevals=int(batch_fevals), trace=trace.stacked(),
     )
+
+
+def _write_back(
+    result: dict[str, Tensor], rows: Tensor | None, z: Tensor, status: Tensor, steps: Tensor,
+    fevals: Tensor,
+) -> dict[str, Tensor]:
+    """The full-size outputs with the working batch's ``rows`` (None: all of them) replaced."""
+    working = {"z": z, "status": status, "steps": steps, "fevals": fevals}
+    if rows is None:
+        return working
+    return {key: result[key].index_copy(0, rows, value) for key, value in working.items()}
 
 
 def _finite(state: State, z_norm: Tensor, has_energy: bool) -> Tensor:
@@ -155,10 +209,13 @@ def _finite(state: State, z_norm: Tensor, has_energy: bool) -> Tensor:
 
 
 class _Trace:
-    """Accumulates per-step ``[B]`` records and stacks them to ``[K+1, B]``."""
+    """Accumulates per-step ``[W]`` records of the working batch and stacks them to
+    ``[K+1, B]``; after a compaction (`compact`), a sample that left the working batch repeats
+    its last record (it had stopped: ``active`` False, ``residual`` NaN, the rest frozen)."""
 
     def __init__(self, problem: Problem, record_terms: bool) -> None:
         self.rows: dict[str, list[Tensor]] = {}
+        self.segments: list[tuple[int, Tensor]] = []  # (first record after it, kept rows)
         self.terms = (
             problem.energy
             if record_terms and isinstance(problem, MinimizeProblem)
@@ -181,5 +238,30 @@ class _Trace:
         for name, value in values.items():
             self.rows.setdefault(name, []).append(value.detach())
 
+    def compact(self, keep: Tensor) -> None:
+        """The working batch is cut to its rows ``keep`` from the next record on."""
+        self.segments.append((len(self.rows["active"]), keep))
+
     def stacked(self) -> dict[str, Tensor]:
-        return {name: torch.stack(rows) for name, rows in self.rows.items()}
+        if not self.segments:
+            return {name: torch.stack(rows) for name, rows in self.rows.items()}
+        stopped = {"residual": float("nan"), "active": False}
+        return {name: self._rebuild(rows, stopped.get(name)) for name, rows in self.rows.items()}
+
+    def _rebuild(self, records: list[Tensor], stopped: float | bool | None) -> Tensor:
+        """``[K+1, B]`` from records whose width shrinks at each segment boundary; a sample
+        that left repeats its last record, with ``stopped`` (if given) in place of its value."""
+        full = torch.stack(records[: self.segments[0][0]])  # (k1, B)
+        out = [full]
+        columns = torch.arange(full.shape[1], device=full.device)  # full index of working rows
+        last = full[-1]
+        for index, (begin, keep) in enumerate(self.segments):
+            end = self.segments[index + 1][0] if index + 1 < len(self.segments) else len(records)
+            if stopped is not None:
+                last = torch.full_like(last, stopped)
+            columns = columns.index_select(0, keep)
+            part = torch.stack(records[begin:end])  # (n, W)
+            block = last.expand(part.shape[0], -1).clone().index_copy(1, columns, part)
+            out.append(block)
+            last = block[-1]
+        return torch.cat(out)

@@ -46,6 +46,8 @@ class Problem:
     kind: ProblemKind
     default_step_size: float
     create_graph: bool = False
+    restrictable: bool = False
+    """Whether `restrict` can evaluate a subset of samples (the loop then compacts)."""
 
     def evaluate(self, z: Tensor) -> Evaluation:
         raise NotImplementedError
@@ -58,6 +60,10 @@ class Problem:
     def value(self, z: Tensor) -> Tensor:
         """``[B]`` energy without the gradient (line searches); fixed points have none."""
         raise NotImplementedError(f"a {self.kind} problem has no energy value")
+
+    def restrict(self, rows: Tensor) -> Problem:
+        """The same problem on the samples ``rows`` (int64 ``[W]``) of its batch only."""
+        raise NotImplementedError(f"this {self.kind} problem cannot be restricted to a subset")
 
 
 class MinimizeProblem(Problem):
@@ -90,22 +96,41 @@ class MinimizeProblem(Problem):
 
 
 class FixedPointProblem(Problem):
-    """Solve ``z = f(z)``: ``G(z) = z - f(z)``."""
+    """Solve ``z = f(z)``: ``G(z) = z - f(z)``.
+
+    With ``args`` (per-sample tensors ``[B, ...]``) the map is ``f(z, *args)`` and must act row
+    by row (sample ``i`` of the output reads only row ``i`` of ``z`` and of each arg); the loop
+    then evaluates only the samples still running (`restrict`). Without ``args``, ``f(z)`` may
+    close over full-batch tensors, so it is always called on the whole batch.
+    """
 
     kind: ProblemKind = "fixed_point"
     default_step_size = 1.0
 
-    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
+    def __init__(
+        self, f: Callable[..., Tensor], args: tuple[Tensor, ...] | None = None
+    ) -> None:
         self.f = f
+        self.args = args
+        self.restrictable = args is not None
 
     def has_trainable(self) -> bool:
+        if any(arg.requires_grad for arg in self.args or ()):
+            return True
         if isinstance(self.f, torch.nn.Module):
             return any(p.requires_grad for p in self.f.parameters())
         return True
 
+    def restrict(self, rows: Tensor) -> FixedPointProblem:
+        if self.args is None:
+            return super().restrict(rows)
+        restricted = FixedPointProblem(self.f, tuple(a.index_select(0, rows) for a in self.args))
+        restricted.create_graph = self.create_graph
+        return restricted
+
     def evaluate(self, z: Tensor) -> Evaluation:
         with torch.set_grad_enabled(self.create_graph and torch.is_grad_enabled()):
-            fz = self.f(z)
+            fz = self.f(z) if self.args is None else self.f(z, *self.args)
         if fz.shape != z.shape:
             raise ValueError(
                 f"the map f must return the shape of z {list(z.shape)}, got {list(fz.shape)}"
