@@ -24,6 +24,7 @@ kernels; the trace is rebuilt to ``[K+1, B]`` (stopped samples keep their last r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -107,6 +108,7 @@ def iterate(
     limit = max_steps if budget is None else budget
     bound = divergence * (batch_norm(z0.detach()) + 1)
 
+    codes_of = {code: torch.tensor(int(code), device=device) for code in Status}
     state, init_evals = solver.init(problem, z0)
     nan = torch.full((batch,), float("nan"), dtype=z0.dtype, device=device)
     z_norm = batch_norm(state["z"].detach())
@@ -156,13 +158,12 @@ def iterate(
             spent = spent.expand(width)
             batch_fevals += int(spent.sum())
         fevals = fevals + spent * active
-        new_norm = batch_norm(new["z"].detach())
+        new_norm = batch_norm(_plain(new["z"]))
         ok = _finite(new, new_norm, has_energy)
-        diverged = new_norm > bound
-        accept = active & ok & ~diverged
-        status = torch.where(active & ~ok, int(Status.NONFINITE), status)
-        status = torch.where(active & ok & diverged, int(Status.DIVERGED), status)
-        residual = batch_norm((new["z"] - state["z"]).detach())
+        accept = active & ok & (new_norm <= bound)
+        rejected = torch.where(ok, codes_of[Status.DIVERGED], codes_of[Status.NONFINITE])
+        status = torch.where(active & ~accept, rejected, status)
+        residual = batch_norm(_plain(new["z"] - state["z"]))
         relative = residual / (z_norm + 1e-12)
         previous_energy = state["energy"]
         state = _freeze(accept, new, state)
@@ -200,11 +201,19 @@ def _write_back(
     return {key: result[key].index_copy(0, rows, value) for key, value in working.items()}
 
 
+def _plain(x: Tensor) -> Tensor:
+    """``x`` without its autograd history (no op when it has none)."""
+    return x.detach() if x.requires_grad else x
+
+
 def _finite(state: State, z_norm: Tensor, has_energy: bool) -> Tensor:
-    """``[B]``: the iterate (through its norm), ``||G||`` and the energy are all finite."""
-    ok = torch.isfinite(z_norm) & torch.isfinite(state["grad_norm"].detach())
+    """``[B]``: the iterate (through its norm), ``||G||`` and the energy are all finite.
+
+    A norm is NaN or inf exactly when an entry is (or it overflows), and ``x < inf`` is False for
+    both, so one comparison per norm does what `torch.isfinite` does in several kernels."""
+    ok = (z_norm < math.inf) & (_plain(state["grad_norm"]) < math.inf)
     if has_energy:
-        ok = ok & torch.isfinite(state["energy"].detach())
+        ok = ok & (_plain(state["energy"]).abs() < math.inf)
     return ok
 
 

@@ -74,6 +74,12 @@ class StopRule(nn.Module):
         """An upper bound on the steps this rule allows, or ``None`` if it has none."""
         return None
 
+    def idle(self, info: StepInfo) -> bool:
+        """True when the rule certainly fires for no sample at ``info.step`` and keeps no state
+        (decided without tensor work; ``a | b`` then skips it)."""
+        del info
+        return False
+
     def trace_values(self, state: RuleState) -> dict[str, Tensor]:
         """Per-sample ``[B]`` values to record in the solution's trace at each step."""
         del state
@@ -112,9 +118,13 @@ class _Combined(StopRule):
         prefix = f"{i}."
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
-    def _check_all(self, info: StepInfo, state: RuleState):
+    def _check_all(self, info: StepInfo, state: RuleState, skip_idle: bool = False):
+        """Each part's ``(done, code)`` in order (idle parts left out if ``skip_idle``) and the
+        merged new state."""
         results, new_state = [], {}
         for i, rule in enumerate(self.rules):
+            if skip_idle and rule.idle(info):
+                continue
             done, code, sub = rule.check(info, self._split(state, i))
             results.append((done, code))
             new_state.update({f"{i}.{k}": v for k, v in sub.items()})
@@ -140,12 +150,18 @@ class AnyRule(_Combined):
     symbol = "|"
 
     def check(self, info: StepInfo, state: RuleState) -> tuple[Tensor, Tensor, RuleState]:
-        results, new_state = self._check_all(info, state)
+        results, new_state = self._check_all(info, state, skip_idle=True)
+        if not results:
+            done = torch.zeros(info.grad_norm.shape, dtype=torch.bool, device=info.z.device)
+            return done, status_like(done, Status.RUNNING), new_state
         done, code = results[-1]
         for part_done, part_code in reversed(results[:-1]):
             code = torch.where(part_done, part_code, code)
             done = done | part_done
         return done, code, new_state
+
+    def idle(self, info: StepInfo) -> bool:
+        return all(rule.idle(info) for rule in self.rules)
 
     def budget(self) -> int | None:
         budgets = [b for b in (r.budget() for r in self.rules) if b is not None]

@@ -34,5 +34,8 @@ class Steps(StopRule):
     def budget(self) -> int:
         return self.k
 
+    def idle(self, info: StepInfo) -> bool:
+        return info.step < self.k
+
     def spec(self) -> str:
         return f"steps={self.k}"
