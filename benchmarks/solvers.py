@@ -41,7 +41,7 @@ import eqtheory as eqt
 from benchmarks.common import Report, interleaved_medians, pin_threads
 
 MAX_ITER = 300
-QUICK_MAX_ITER = 80
+QUICK_MAX_ITER = 200
 OURS = {"picard": {}, "anderson": {}, "broyden": {}}
 PEER = {"picard": "fixed_point_iter", "anderson": "anderson", "broyden": "broyden"}
 

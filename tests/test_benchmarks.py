@@ -60,7 +60,9 @@ def test_memory_implicit_is_flat_and_unrolled_grows():
 def test_overhead_quick_ratios_are_finite():
     report = overhead.run(quick=True)
     _check_report(report)
-    assert [r["measure"] for r in report.rows] == ["train K=2", "eval K=8", "eval K=32"]
+    measures = ["train K=2", "eval K=8", "eval K=32"]
+    assert [(r["model"], r["measure"]) for r in report.rows] == [
+        (model, measure) for model in ("cpu", "paper") for measure in measures]
     for row in report.rows:
         assert row["eqt/baseline time"] > 0 and row["FLOP bound"] > 1 and row["finite"]
 

@@ -56,3 +56,12 @@ def test_the_solver_worked_example_runs_as_written(tmp_path):
     assert float(error) < 1e-8
     assert registered == "True"
     assert "bb" not in eqt.solvers.names()  # the example did not leak into this process
+
+
+def test_the_compaction_example_in_solvers_md_runs_and_converges():
+    text = (DOCS / "solvers.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    scope: dict = {}
+    exec(compile(block, "solvers.md", "exec"), scope)
+    assert scope["sol"].counts() == {"converged": 256}
+    assert len(set(scope["sol"].steps.tolist())) > 10  # spread-out difficulty, as it says

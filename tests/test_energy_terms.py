@@ -353,6 +353,24 @@ def test_term_works_under_vmap_and_grad(name, dtype):
     torch.testing.assert_close(one, looped[0, 1:2])  # batch-independent
 
 
+@pytest.mark.parametrize("spec", [
+    "bidir", "bidir(target=latents,window=2)", "anchor=2", "memory",
+    "bidir+0.1*memory+mask+confidence+consist",
+    "bidir+bidir(window=2)+anchor=0.5+2*anchor=3",  # same-kind terms keep their own values
+])
+def test_prepared_context_gives_the_same_values_and_gradients(spec):
+    energy = build(spec)
+    ctx = context()
+    z = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    prepared = energy.prepare(z.detach(), ctx)
+    assert set(ctx) < set(prepared)  # something was prepared, nothing of the context dropped
+    plain, cached = energy(z, ctx), energy(z, prepared)
+    torch.testing.assert_close(cached, plain, rtol=0, atol=0)
+    (g_plain,) = torch.autograd.grad(plain.sum(), z)
+    (g_cached,) = torch.autograd.grad(cached.sum(), z)
+    torch.testing.assert_close(g_cached, g_plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", LEARNED)
 def test_term_accepts_a_single_position(name):
     term = build(name)

@@ -48,8 +48,13 @@ class Anchor(Energy):
 
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
         z0 = require(context, "z0", term=self.name)
+        return per_sample_sum((z - z0) ** 2) * self.prepared(z, context)["scale"]
+
+    def invariants(self, z: Tensor, context: Context | None) -> dict[str, Tensor]:
+        """``scale = 1 / (2 gamma)`` in ``z``'s dtype (prepare again after `set_gamma`)."""
+        del context
         # 0.5 / gamma is exactly 0 for gamma = inf: value and gradient 0, no branch, no host sync
-        return per_sample_sum((z - z0) ** 2) * (0.5 / self.gamma.to(z.dtype))
+        return {"scale": 0.5 / self.gamma.to(z.dtype)}
 
     def spec(self) -> str:
         return f"anchor={float(self.gamma):g}"

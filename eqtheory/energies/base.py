@@ -7,6 +7,12 @@ energy depends only on sample ``i``), so they work under `torch.func.grad` and `
 
 Composition returns an energy again: ``a + 0.1 * b`` is a `SumEnergy` whose value is
 ``E(z) = sum_i w_i E_i(z)``, and whose `per_term` gives each weighted contribution.
+
+A solve evaluates one energy at many ``z`` under one context. `Energy.prepare` computes once
+what a term reads that does not depend on ``z``'s values (its `invariants`: targets gathered
+from the tokens, position weights, normalised buffers) and returns the context with them added;
+`energy` reads them back when present (`prepared`) and computes them otherwise, so values and
+gradients are the same either way.
 """
 
 from __future__ import annotations
@@ -58,6 +64,30 @@ class Energy(nn.Module):
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
         raise NotImplementedError
 
+    def invariants(self, z: Tensor, context: Context | None) -> dict[str, Tensor]:
+        """``{name: value}`` that `energy` reads and that do not depend on ``z``'s values (only
+        on the context, the parameters and buffers, and ``z``'s shape, dtype and device). The
+        default has none."""
+        del z, context
+        return {}
+
+    def prepare(self, z: Tensor, context: Context | None) -> Context | None:
+        """``context`` plus this term's `invariants`, under keys of this instance; valid while
+        what they read stays unchanged (one solve)."""
+        values = self.invariants(z, context)
+        if not values:
+            return context
+        return {**(context or {}), **{self._key(n): v for n, v in values.items()}}
+
+    def prepared(self, z: Tensor, context: Context | None) -> dict[str, Tensor]:
+        """The `invariants`: read back from a `prepare`-d context, else computed now."""
+        prefix = self._key("")
+        found = {k[len(prefix):]: v for k, v in (context or {}).items() if k.startswith(prefix)}
+        return found or self.invariants(z, context)
+
+    def _key(self, name: str) -> str:
+        return f"{self.name}@{id(self):x}.{name}"
+
     def per_term(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         """Each weighted term's contribution ``{label: [B]}``; they sum to ``self(z, context)``."""
         return {self.name: self(z, context)}
@@ -102,7 +132,15 @@ class SumEnergy(Energy):
         return tuple(sorted({k for t in self.terms for k in t.requires}))
 
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
-        return sum(w * t(z, context) for w, t in zip(self.weights, self.terms))  # type: ignore[return-value]
+        # left to right as before, without the multiplies by 1 and the leading 0 + (exact)
+        values = [t(z, context) if w == 1.0 else w * t(z, context)
+                  for w, t in zip(self.weights, self.terms)]
+        return sum(values[1:], values[0])
+
+    def prepare(self, z: Tensor, context: Context | None) -> Context | None:
+        for term in self.terms:
+            context = term.prepare(z, context)
+        return context
 
     def per_term(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         return {label: w * t(z, context) for label, w, t in self._labelled()}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from eqtheory.energies.base import Context, Energy, require
 from eqtheory.energies.registry import ENERGIES
@@ -105,19 +106,27 @@ class Bidir(Energy):
 
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
         batch, length = z.shape[0], z.shape[1]
-        index, valid = window_index(length, self.window, z.device)  # (T, W)
+        fixed = self.prepared(z, context)
+        previous, weight = fixed["previous"], fixed["weight"]
         prediction = self.predictor(z).reshape(batch, length, self.window, -1)  # (B, T, W, V|d)
-        if self.target == "tokens":
-            tokens = require(context, "tokens", term=self.name)
-            previous = tokens[:, index]  # (B, T, W)
-            log_probs = torch.log_softmax(prediction, dim=-1)
-            loss = -log_probs.gather(-1, previous.unsqueeze(-1)).squeeze(-1)  # (B, T, W)
+        if self.target == "tokens":  # -log softmax(prediction)[x_{t-w}], one op
+            loss = F.cross_entropy(prediction.flatten(0, 2), previous, reduction="none")
+            loss = loss.reshape(batch, length, self.window)  # (B, T, W)
         else:
-            z0 = require(context, "z0", term=self.name)
-            previous = z0[:, index]  # (B, T, W, d)
             loss = ((prediction - previous) ** 2).mean(dim=-1)  # (B, T, W)
-        weight = valid.to(loss.dtype) / valid.sum(dim=1, keepdim=True).clamp(min=1)  # (T, W)
         return (loss * weight).sum(dim=(1, 2))
+
+    def invariants(self, z: Tensor, context: Context | None) -> dict[str, Tensor]:
+        """``previous``: the tokens ``x_{t-w}`` flattened to ``[B*T*W]`` class indices, or the
+        proposals ``z0_{t-w}`` as ``[B, T, W, d]``; ``weight [T, W]``: ``1 / |W_t|`` on the
+        valid window entries, 0 elsewhere."""
+        index, valid = window_index(z.shape[1], self.window, z.device)  # (T, W)
+        if self.target == "tokens":
+            previous = require(context, "tokens", term=self.name)[:, index].flatten()
+        else:
+            previous = require(context, "z0", term=self.name)[:, index]
+        weight = valid.to(z.dtype) / valid.sum(dim=1, keepdim=True).clamp(min=1)
+        return {"previous": previous, "weight": weight}
 
     def spec(self) -> str:
         return self.name if self.target == "tokens" else f"{self.name}(target={self.target})"

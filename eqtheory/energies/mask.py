@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from eqtheory.energies.base import Context, Energy, require
 from eqtheory.energies.registry import ENERGIES
@@ -75,8 +76,9 @@ class Mask(Energy):
 
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
         tokens = require(context, "tokens", term=self.name)
-        log_probs = torch.log_softmax(self.head(z), dim=-1)  # (B, T, V)
-        nll = -log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        logits = self.head(z)  # (B, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")
+        nll = nll.reshape(tokens.shape)  # (B, T): -log softmax(logits)[x_t]
         if "mask" in context:
             nll = nll * context["mask"].to(nll.dtype)
         return nll.sum(dim=1)

@@ -70,11 +70,16 @@ class Memory(Energy):
         self.register_buffer("weights", torch.ones(slots))
 
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
-        del context
-        cosine = _unit(z) @ _unit(self.bank).T  # (B, *S, M)
-        log_r = self.weights.log() - self.weights.sum().log()  # (M,)
-        soft_max = torch.logsumexp(cosine / self.tau + log_r, dim=-1)  # (B, *S)
+        fixed = self.prepared(z, context)
+        cosine = _unit(z) @ fixed["slots"]  # (B, *S, M)
+        soft_max = torch.logsumexp(cosine / self.tau + fixed["log_r"], dim=-1)  # (B, *S)
         return -self.tau * soft_max.reshape(z.shape[0], -1).sum(dim=1)
+
+    def invariants(self, z: Tensor, context: Context | None) -> dict[str, Tensor]:
+        """``slots [d, M]``: the unit slots, transposed; ``log_r [M]``: ``log r_i`` (prepare
+        again after `update`)."""
+        del z, context
+        return {"slots": _unit(self.bank).T, "log_r": self.weights.log() - self.weights.sum().log()}
 
     @torch.no_grad()
     def update(self, z: Tensor, momentum: float = 0.99) -> Tensor:

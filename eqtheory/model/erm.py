@@ -123,13 +123,14 @@ class ERM(nn.Module):
         else:
             rule = stopping.resolve(stop)
         batch, length, width = z0.shape
-        full_context = {**context, "z0": z0}
+        # what the energy reads that does not change with z: computed once, not once per step
+        full_context = self.objective.prepare(z0, {**context, "z0": z0})
 
         def per_position_energy(z_flat: Tensor) -> Tensor:
             """``[B*T, d] -> [B*T]``: value = the sequence's total, gradient = per token."""
             total = self.objective(z_flat.reshape(batch, length, width), full_context)  # (B,)
-            share = (total / length).repeat_interleave(length)  # (B*T,), sums to the totals
-            return share + (total.repeat_interleave(length) - share).detach()
+            share = total / length  # repeated over the T positions it sums to the total
+            return (share + (total - share).detach()).repeat_interleave(length)  # (B*T,)
 
         def per_position_readout(z_flat: Tensor) -> Tensor:
             return (readout or (lambda z: z))(z_flat)  # readouts act on the last dim
