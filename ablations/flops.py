@@ -7,10 +7,17 @@ The paper's Eq. 9 (per token, ``N`` main parameters, ``M`` energy parameters, wi
 counts one forward pass of the energy network per refinement step. We count what the code
 spends: the backbone forward ``2N + 2 n_{\text{layer}} T d`` (attention scores and values,
 Kaplan et al. 2020), and per energy *evaluation* (value and gradient, i.e. forward and backward
-through the energy network, about 3 forward passes) ``6M + d`` (the update), times the number
+through the energy network) ``4M + d`` (the update), times the number
 of evaluations actually made (`Solution.fevals`: a ``steps=K`` solve makes ``K + 1``, the start
 included). ``N`` excludes the token embedding (a lookup); ``M`` includes the borrowed readout of a
-``confidence`` term. Embedding-free FLOPs are an estimate, not a measurement.
+``confidence`` term.
+
+Why ``4M`` (two forward passes), not the usual ``6M`` of a training step: ``grad_z E`` needs only
+the gradients with respect to the *inputs* of each linear layer (one product per layer backward;
+autograd skips the weight gradients nobody asked for). Matrix-product FLOPs counted by
+``torch.profiler(with_flops=True)`` per evaluation per token: 1.95 forward passes for the ``cpu``
+preset's model, 1.97 for the ``paper`` preset's (``tests/test_train.py`` checks the count against
+the profiler). The count covers matrix products only (no softmax, norms or activations).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from eqtheory.model import Block, EqT
 from eqtheory.model.eqt import flatten_terms
 from eqtheory.variants import VariantSpec, build
 
-EVAL_COST = 3  # forward + backward of the energy network, in forward passes
+EVAL_COST = 2  # value + input gradient of the energy network, in forward passes
 
 
 def paper_eq9(*, main_params: int, energy_params: int, width: int, k: float) -> float:
@@ -64,7 +71,7 @@ def backbone_flops(model: EqT, length: int) -> float:
 
 
 def flops_per_token(model: EqT, length: int, fevals_per_token: float) -> float:
-    """Inference FLOPs per token: backbone + ``fevals * (6M + d)`` (``fevals`` summed over ERMs)."""
+    """Inference FLOPs per token: backbone + ``fevals * (4M + d)`` (``fevals`` summed over ERMs)."""
     per_eval = 2 * EVAL_COST * energy_params(model) + model.backbone.width
     return backbone_flops(model, length) + fevals_per_token * per_eval
 

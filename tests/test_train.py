@@ -163,3 +163,22 @@ def test_flops_and_the_compute_matched_depth():
     target = flops.flops_per_token(eqt, 16, 9)
     assert flops.backbone_flops(deeper, 16) >= target > flops.backbone_flops(shallower, 16)
     assert flops.paper_eq9(main_params=10, energy_params=3, width=4, k=2) == 20 + 2 * 10
+
+
+def test_flop_count_matches_the_profiler_on_matrix_products():
+    """`flops_per_token` counts what refinement spends: the difference between a steps=8 and a
+    steps=0 forward, in matrix-product FLOPs measured by torch.profiler, is 8 evaluations."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch, length = 2, 16
+    eqt = build(TINY.variant, width=32, layers=2, heads=4, max_len=length).eval()
+    tokens = torch.randint(0, 2, (batch, length), generator=torch.Generator().manual_seed(0))
+
+    def measured(k: int) -> float:
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof, torch.no_grad():
+            eqt(tokens, stop=f"steps={k}", with_energy=False)
+        return sum(event.flops for event in prof.key_averages()) / (batch * length)
+
+    per_eval = (measured(8) - measured(0)) / 8
+    counted = (flops.flops_per_token(eqt, length, 9) - flops.flops_per_token(eqt, length, 1)) / 8
+    assert counted == pytest.approx(per_eval, rel=0.1)
