@@ -27,7 +27,7 @@ test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m "slow or thorough"
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check eqtheory ablations proofs_checks tests
+	$(PY) -m ruff check eqtheory ablations proofs_checks tests benchmarks
 
 docs: $(VENV)/.installed
 	$(PY) -m eqtheory.docs_table > docs/components.md

@@ -170,7 +170,8 @@ def solve_peer(case: Case, method: str, counted: Counted) -> Tensor:
     from torchdeq.solver import get_solver
 
     z, _, _ = get_solver(PEER[method])(
-        lambda z: counted(z, *case.args), case.z0, max_iter=case.max_iter, tol=case.tol, stop_mode="abs"
+        lambda z: counted(z, *case.args), case.z0, max_iter=case.max_iter, tol=case.tol,
+        stop_mode="abs",
     )
     return z
 

@@ -135,7 +135,8 @@ def fixed_point(
                 f"dimension; args {bad} are not"
             )
     return _solve(
-        FixedPointProblem(f, args), z0, solver=solver, stop=stop, backward=backward, readout=readout,
+        FixedPointProblem(f, args), z0, solver=solver, stop=stop, backward=backward,
+        readout=readout,
         max_steps=max_steps, divergence=divergence, record_terms=False,
         solver_options=solver_options,
     )

@@ -183,6 +183,7 @@ def test_fixed_point_adjoint_accuracy_does_not_depend_on_other_samples():
 
     (implicit,) = _grads(lambda: loss("implicit"), [b])
     exact_z = torch.linalg.solve(torch.eye(DIM, dtype=torch.float64) - W, b.detach().T).T
-    exact = torch.linalg.solve(torch.eye(DIM, dtype=torch.float64) - W.T, (2 * weights * exact_z).T).T
+    eye = torch.eye(DIM, dtype=torch.float64)
+    exact = torch.linalg.solve(eye - W.T, (2 * weights * exact_z).T).T
     relative = (implicit - exact).norm(dim=1) / exact.norm(dim=1)
     assert (relative < 1e-8).all(), relative

@@ -31,7 +31,9 @@ class DoubleWell(Energy):
     def __init__(self, scale: float = 1.0, tilt: float = 0.0) -> None:
         super().__init__()
         if not scale > 0 or not 0 <= tilt < scale:
-            raise ValueError(f"double_well needs scale > 0 and 0 <= tilt < scale, got {scale}, {tilt}")
+            raise ValueError(
+                f"double_well needs scale > 0 and 0 <= tilt < scale, got {scale}, {tilt}"
+            )
         self.scale, self.tilt = float(scale), float(tilt)
 
     @property

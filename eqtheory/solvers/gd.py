@@ -122,7 +122,8 @@ class GradientDescent(Solver):
         trials = torch.zeros(batch, dtype=torch.int64, device=z.device)
         for _ in range(self.max_backtracks):
             candidate = z - t.view(view) * grad
-            sufficient = problem.value(candidate) <= energy - self.armijo_c * t * grad_sq + allowance
+            decrease = self.armijo_c * t * grad_sq
+            sufficient = problem.value(candidate) <= energy - decrease + allowance
             trials = trials + (~accepted).long()
             accepted = accepted | sufficient
             if bool(accepted.all()):

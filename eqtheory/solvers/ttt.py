@@ -11,8 +11,9 @@ The latents are produced from the proposal by a low-rank adapter with per-sample
 ``theta <- theta - alpha grad_theta E(z(theta))`` (chain rule: ``grad_b = sum_pos g``,
 ``grad_V = (hat z_0 U)^T g``, ``grad_U = hat z_0^T (g V^T)`` with ``g = grad_z E``). The problem
 in ``theta`` is bilinear, hence nonconvex: stability needs ``alpha (1 + ||U||^2 + ||V||^2) L < 2``
-roughly, which the default ``init_scale`` keeps for ``alpha <= 1/L``. ``U`` starts at ``init_scale * I[:, :r]``, ``V`` and ``b`` at 0, so the first
-latents are ``z_0`` exactly (no refinement at K = 0) and the start is batch-independent.
+roughly, which the default ``init_scale`` keeps for ``alpha <= 1/L``. ``U`` starts at
+``init_scale * I[:, :r]``, ``V`` and ``b`` at 0, so the first latents are ``z_0`` exactly (no
+refinement at K = 0) and the start is batch-independent.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class TestTimeTraining(Solver):
         grad_b = g.sum(dim=1)
         grad_V = projected.transpose(1, 2) @ g
         grad_U = tokens.transpose(1, 2) @ (g @ V.transpose(1, 2))
-        U, V, b = U - self.step_size * grad_U, V - self.step_size * grad_V, b - self.step_size * grad_b
+        rate = self.step_size
+        U, V, b = U - rate * grad_U, V - rate * grad_V, b - rate * grad_b
         new = observe(problem, self.latents(z0, U, V, b))
         new.update(z0=z0, U=U, V=V, b=b)
         return new, 1

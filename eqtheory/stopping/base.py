@@ -29,7 +29,8 @@ class StepInfo:
         z: ``[B, *S]`` current iterate; ``z0``: ``[B, *S]`` the start.
         residual: ``[B]`` ``||z_k - z_{k-1}||`` (NaN at step 0).
         relative_residual: ``[B]`` ``residual / (||z_{k-1}|| + 1e-12)``.
-        energy: ``[B]`` energy at ``z`` (NaN for fixed-point problems); ``energy_prev`` the last one.
+        energy: ``[B]`` energy at ``z`` (NaN for fixed-point problems); ``energy_prev`` the
+            last one.
         grad_norm: ``[B]`` ``||G(z)||``, the optimality residual (gradient norm for energies).
         readout: maps ``z`` to logits ``[B, ..., V]``; identity when the caller gave none.
     """

@@ -4,8 +4,8 @@ A halting head gives ``lambda_k = sigmoid(w . pool(z_k) + b)``, the probability 
 step k given no halt before; the halting distribution is
 ``p_k = lambda_k * prod_{j<k} (1 - lambda_j)``, k = 0, 1, ... (k = 0 is the unrefined proposal,
 so K = 0 can be chosen). At inference a sample stops (status ``HALTED``) once its cumulative
-halting mass ``sum_{j<=k} p_j = 1 - prod_{j<=k} (1 - lambda_j)`` reaches ``threshold``. Training adds
-`ponder_regulariser`, ``KL(p || Geometric(prior))``, to the loss.
+halting mass ``sum_{j<=k} p_j = 1 - prod_{j<=k} (1 - lambda_j)`` reaches ``threshold``.
+Training adds `ponder_regulariser`, ``KL(p || Geometric(prior))``, to the loss.
 """
 
 from __future__ import annotations
