@@ -54,13 +54,15 @@ def _freeze(accept: Tensor, new: State, old: State) -> State:
 
 
 def _merge(keep_new: Tensor, new: State, old: State) -> State:
-    """Per-sample select: ``new`` where ``keep_new`` ``[B]`` else ``old`` (shared values: new)."""
+    """Per-sample select: ``new`` where ``keep_new`` ``[B]`` else ``old`` (shared values, and
+    entries that are the same tensor in both: new)."""
     batch = keep_new.shape[0]
     merged: State = {}
     for key, value in new.items():
         previous = old.get(key)
         if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch and (
-            isinstance(previous, Tensor) and previous.shape == value.shape
+            isinstance(previous, Tensor) and previous is not value
+            and previous.shape == value.shape
         ):
             mask = keep_new.view((batch,) + (1,) * (value.dim() - 1))
             merged[key] = torch.where(mask, value, previous)
@@ -154,15 +156,15 @@ def iterate(
         new, spent = solver.step(work, state)
         if isinstance(spent, int):
             batch_fevals += spent * width
+            fevals = fevals + (active if spent == 1 else spent * active)
         else:
             spent = spent.expand(width)
             batch_fevals += int(spent.sum())
-        fevals = fevals + spent * active
+            fevals = fevals + spent * active
+        running_before = active
         new_norm = batch_norm(_plain(new["z"]))
         ok = _finite(new, new_norm, has_energy)
         accept = active & ok & (new_norm <= bound)
-        rejected = torch.where(ok, codes_of[Status.DIVERGED], codes_of[Status.NONFINITE])
-        status = torch.where(active & ~accept, rejected, status)
         residual = batch_norm(_plain(new["z"] - state["z"]))
         relative = residual / (z_norm + 1e-12)
         previous_energy = state["energy"]
@@ -177,8 +179,11 @@ def iterate(
         done, codes, new_rule_state = stop.check(info, rule_state)
         if new_rule_state:
             rule_state = _merge(active, new_rule_state, rule_state)
-        status = torch.where(active & done, codes, status)
-        active = active & ~done
+        # samples that stop now: the rule's code if their step was accepted, else why it was not
+        rejected = torch.where(ok, codes_of[Status.DIVERGED], codes_of[Status.NONFINITE])
+        stopped = torch.where(accept, done, running_before)
+        status = torch.where(stopped, torch.where(accept, codes, rejected), status)
+        active = accept & ~done
         trace.record(
             state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state)
         )

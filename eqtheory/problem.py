@@ -61,6 +61,15 @@ class Problem:
         """``[B]`` energy without the gradient (line searches); fixed points have none."""
         raise NotImplementedError(f"a {self.kind} problem has no energy value")
 
+    def no_energy(self, z: Tensor) -> Tensor:
+        """``[B]`` NaN, the energy of a problem that has none; the same tensor for every call
+        with the same batch size, dtype and device (never written to)."""
+        key = (z.shape[0], z.dtype, z.device)
+        cache = self.__dict__.setdefault("_no_energy", {})
+        if key not in cache:
+            cache[key] = torch.full((z.shape[0],), float("nan"), dtype=z.dtype, device=z.device)
+        return cache[key]
+
     def restrict(self, rows: Tensor) -> Problem:
         """The same problem on the samples ``rows`` (int64 ``[W]``) of its batch only."""
         raise NotImplementedError(f"this {self.kind} problem cannot be restricted to a subset")

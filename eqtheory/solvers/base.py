@@ -24,8 +24,8 @@ def observe(problem: Problem, z: Tensor) -> State:
     """Evaluate `problem` at ``z``: ``{"z", "G", "energy", "grad_norm"}``."""
     evaluation = problem.evaluate(z)
     energy = evaluation.energy
-    if energy is None:
-        energy = torch.full((z.shape[0],), float("nan"), dtype=z.dtype, device=z.device)
+    if energy is None:  # one NaN vector per shape, reused: the loop skips freezing it
+        energy = problem.no_energy(z)
     return {
         "z": z,
         "G": evaluation.optimality,
