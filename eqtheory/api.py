@@ -128,11 +128,12 @@ def fixed_point(
     if args is not None:
         args = tuple(args)
         bad = [i for i, a in enumerate(args)
-               if not isinstance(a, Tensor) or a.dim() == 0 or a.shape[0] != z0.shape[0]]
+               if not isinstance(a, Tensor) or a.dim() == 0 or a.shape[0] != z0.shape[0]
+               or a.device != z0.device]
         if bad:
             raise ValueError(
-                f"args must be tensors with the batch size {z0.shape[0]} as their first "
-                f"dimension; args {bad} are not"
+                f"args must be tensors on z0's device ({z0.device}) with the batch size "
+                f"{z0.shape[0]} as their first dimension; args {bad} are not"
             )
     return _solve(
         FixedPointProblem(f, args), z0, solver=solver, stop=stop, backward=backward,

@@ -20,8 +20,9 @@ class Solution:
         steps: ``[B]`` int64, steps each sample took before it stopped.
         fevals: ``[B]`` int64, problem evaluations (energy+gradient or map calls) spent on each
             sample while it was active.
-        batch_fevals: evaluations computed over the whole batch, frozen samples included
-            (what the hardware actually spent): ``loop iterations x B``, plus line-search trials.
+        batch_fevals: evaluations computed over the working batch, frozen samples included
+            (what the hardware actually spent): ``loop iterations x B`` plus line-search trials,
+            or fewer when the loop compacted the batch (`fixed_point` with ``args``).
         trace: ``{name: [K+1, B]}`` per-step records (row 0 is the start): ``energy``,
             ``grad_norm`` (``||G(z)||``), ``residual`` (``||z_k - z_{k-1}||``, NaN in row 0),
             ``active``, and per-term energies when asked for.

@@ -122,8 +122,31 @@ def test_gradients_through_a_compacted_solve_match_the_full_batch(backward):
     assert torch.allclose(grads[1], grads[0], rtol=1e-7, atol=1e-9)
 
 
-def test_args_must_carry_the_batch_dimension():
+def test_args_must_carry_the_batch_dimension_on_z0s_device():
     rowwise, scale, shift = _family()
     with pytest.raises(ValueError, match="batch size 9"):
         eqt.fixed_point(rowwise, torch.zeros(BATCH, DIM, dtype=torch.float64),
                         args=(scale, shift[:3]))
+    with pytest.raises(ValueError, match="device"):
+        eqt.fixed_point(rowwise, torch.zeros(BATCH, DIM, dtype=torch.float64),
+                        args=(scale.to("meta"), shift))
+
+
+def test_a_skipped_budget_part_keeps_its_state():
+    """``a | steps=K`` skips the budget part before step K; a budget rule that keeps state
+    still finds it afterwards."""
+
+    class CountingSteps(eqt.stopping.Steps):
+        def init(self, info):
+            return {"n": torch.zeros_like(info.grad_norm)}
+
+        def trace_values(self, state):
+            return {"n": state["n"]}
+
+    rowwise, scale, shift = _family()
+    rule = eqt.stopping.parse("grad<1e-30") | CountingSteps(5)
+    with torch.no_grad():
+        sol = eqt.fixed_point(rowwise, torch.zeros(BATCH, DIM, dtype=torch.float64),
+                              args=(scale, shift), solver="picard", stop=rule)
+    assert sol.trace["n"].shape == (6, BATCH)
+    assert (sol.status == eqt.Status.MAX_STEPS).all()

@@ -124,6 +124,8 @@ class SumEnergy(Energy):
 
     def __init__(self, terms: list[tuple[float, Energy]]) -> None:
         super().__init__()
+        if not terms:
+            raise ValueError("a SumEnergy needs at least one term")
         self.weights = [float(w) for w, _ in terms]
         self.terms = nn.ModuleList([t for _, t in terms])
 

@@ -3,9 +3,12 @@
 A solver's state is a dict. Tensors in it with leading dimension ``B`` are per-sample; the loop
 freezes ``z``, ``G``, ``energy`` and ``grad_norm`` of a sample once it stops, and the rest of a
 stopped sample's state is scratch (it never resumes). Any other value (Python numbers,
-generators, 0-d tensors) is shared. Every state holds ``z`` (the iterate), ``energy``
-(``[B]``, NaN for fixed-point problems) and ``grad_norm`` (``[B]``, ``||G(z)||``) at the
-current iterate, so one evaluation per step serves both the update and the stopping rules.
+generators, 0-d tensors) is shared; a shared tensor must therefore not have the batch size as
+its first dimension (when the loop compacts the batch of a `fixed_point(..., args=)` solve, the
+batch size shrinks, and every tensor whose first dimension equals it is gathered). Every state
+holds ``z`` (the iterate), ``energy`` (``[B]``, NaN for fixed-point problems) and ``grad_norm``
+(``[B]``, ``||G(z)||``) at the current iterate, so one evaluation per step serves both the update
+and the stopping rules.
 """
 
 from __future__ import annotations

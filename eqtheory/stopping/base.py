@@ -2,7 +2,9 @@
 
 A rule is evaluated once per loop iteration on a `StepInfo` and returns ``(done [B] bool,
 status [B] int64, state)``; rules keep what they remember (previous argmax, halting mass, ...)
-in an explicit ``state`` dict, so one rule object can serve many solves. ``a | b`` stops a
+in an explicit ``state`` dict, so one rule object can serve many solves. As for a solver's state,
+a tensor in it whose first dimension is the working batch size is per-sample (the loop freezes
+it per sample and, when it compacts the batch, gathers it); anything else is shared. ``a | b`` stops a
 sample when either rule fires (status of the first that fired, left first); ``a & b`` stops it
 when both have fired (``CONVERGED`` if either part reports convergence, else the left's status).
 """
@@ -76,8 +78,8 @@ class StopRule(nn.Module):
         return None
 
     def idle(self, info: StepInfo) -> bool:
-        """True when the rule certainly fires for no sample at ``info.step`` and keeps no state
-        (decided without tensor work; ``a | b`` then skips it)."""
+        """True when the rule certainly fires for no sample at ``info.step`` (decided without
+        tensor work); ``a | b`` then skips its `check` and keeps its state as it was."""
         del info
         return False
 
@@ -124,7 +126,8 @@ class _Combined(StopRule):
         merged new state."""
         results, new_state = [], {}
         for i, rule in enumerate(self.rules):
-            if skip_idle and rule.idle(info):
+            if skip_idle and rule.idle(info):  # it cannot fire; its state carries over
+                new_state.update({f"{i}.{k}": v for k, v in self._split(state, i).items()})
                 continue
             done, code, sub = rule.check(info, self._split(state, i))
             results.append((done, code))
