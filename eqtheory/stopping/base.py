@@ -2,11 +2,12 @@
 
 A rule is evaluated once per loop iteration on a `StepInfo` and returns ``(done [B] bool,
 status [B] int64, state)``; rules keep what they remember (previous argmax, halting mass, ...)
-in an explicit ``state`` dict, so one rule object can serve many solves. As for a solver's state,
-a tensor in it whose first dimension is the working batch size is per-sample (the loop freezes
-it per sample and, when it compacts the batch, gathers it); anything else is shared. ``a | b`` stops a
-sample when either rule fires (status of the first that fired, left first); ``a & b`` stops it
-when both have fired (``CONVERGED`` if either part reports convergence, else the left's status).
+in an explicit ``state`` dict, so one rule object can serve many solves. As for a solver's
+state, a tensor in it whose first dimension is the working batch size is per-sample (the loop
+freezes it per sample and, when it compacts the batch, gathers it); anything else is shared.
+``a | b`` stops a sample when either rule fires (status of the first that fired, left first);
+``a & b`` stops it when both have fired (``CONVERGED`` if either part reports convergence, else
+the left's status).
 """
 
 from __future__ import annotations
