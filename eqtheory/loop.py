@@ -111,6 +111,9 @@ def iterate(
     bound = divergence * (batch_norm(z0.detach()) + 1)
 
     codes_of = {code: torch.tensor(int(code), device=device) for code in Status}
+    # On the CPU reading a flag back is free, so the loop asks whether every sample was accepted
+    # and then skips the per-sample freeze; on an accelerator that would add a host sync a step.
+    host_checks = device.type == "cpu"
     state, init_evals = solver.init(problem, z0)
     nan = torch.full((batch,), float("nan"), dtype=z0.dtype, device=device)
     z_norm = batch_norm(state["z"].detach())
@@ -168,8 +171,11 @@ def iterate(
         residual = batch_norm(_plain(new["z"] - state["z"]))
         relative = residual / (z_norm + 1e-12)
         previous_energy = state["energy"]
-        state = _freeze(accept, new, state)
-        z_norm = torch.where(accept, new_norm, z_norm)
+        if host_checks and bool(accept.all()):  # nothing to freeze: skip the selects
+            state, z_norm = new, new_norm
+        else:
+            state = _freeze(accept, new, state)
+            z_norm = torch.where(accept, new_norm, z_norm)
         steps = steps + accept
         active = accept
         info = StepInfo(
