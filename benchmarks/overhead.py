@@ -137,21 +137,12 @@ def run(*, quick: bool = False) -> Report:
     variant = VariantSpec()
     for size in ("cpu", "paper"):
         config = _config(size, quick)
-        report.rows += _measure(size, config, repeats)
+        rows = _measure(size, config, repeats)
+        report.rows += rows
         report.notes.append(
             f"{size} model{' (quick: tiny)' if quick else ''}: layers {config.layers}, width "
             f"{config.width}, heads {config.heads}, batch {config.batch_size}, length "
             f"{config.length}.")
-    report.notes += [
-        f"Variant {variant.energy!r}, solver {variant.solver!r}, backward {variant.backward!r}, "
-        f"placement {variant.placement!r}; float32 on CPU; median of {repeats} (round-robin, "
-        "warm-up excluded). The paper model's rows use batch "
-        f"{PAPER_BATCH} and length {PAPER_LENGTH} (its preset trains at batch 256 on a GPU).",
-        "FLOP bound = ablations.flops.flops_per_token(EqT, K + 1 evaluations) / backbone_flops "
-        "(an estimate: it counts matrix products, not memory traffic or Python overhead).",
-    ]
-    for size in ("cpu", "paper"):
-        rows = [r for r in report.rows if r["model"] == size]
         report.targets[f"{size} model: within {TARGET_OF_BOUND}x of the FLOP bound"] = {
             "met": all(r["of bound"] <= TARGET_OF_BOUND for r in rows),
             "detail": ", ".join(f"{r['measure']}: {r['of bound']:.2f}x" for r in rows),
@@ -161,4 +152,12 @@ def run(*, quick: bool = False) -> Report:
             "met": k8["eqt/baseline time"] < 3.0,
             "detail": f"{k8['eqt/baseline time']:.2f}x",
         }
+    report.notes += [
+        f"Variant {variant.energy!r}, solver {variant.solver!r}, backward {variant.backward!r}, "
+        f"placement {variant.placement!r}; float32 on CPU; median of {repeats} (round-robin, "
+        "warm-up excluded). The paper model's rows use batch "
+        f"{PAPER_BATCH} and length {PAPER_LENGTH} (its preset trains at batch 256 on a GPU).",
+        "FLOP bound = ablations.flops.flops_per_token(EqT, K + 1 evaluations) / backbone_flops "
+        "(an estimate: it counts matrix products, not memory traffic or Python overhead).",
+    ]
     return report

@@ -83,26 +83,28 @@ def _unit_spectral(n: int, generator: torch.Generator) -> Tensor:
 def tanh_case(width: int, batch: int, seed: int = 0) -> Case:
     generator = torch.Generator().manual_seed(seed)
     W, _ = torch.linalg.qr(torch.randn(width, width, generator=generator))
-    drive = 0.05 * torch.randn(batch, width, generator=generator)  # U x_i
-    scale = torch.linspace(0.5, 0.97, batch)[torch.randperm(batch, generator=generator)]
-    return Case(f"tanh n={width} B={batch}", _tanh_map(W), (scale[:, None], drive),
-                torch.zeros(batch, width), 1e-5 * math.sqrt(width))
+    return _tanh_case("tanh", W, 0.05, batch, generator)
 
 
 def tanh_easy_case(width: int, batch: int, seed: int = 0) -> Case:
     generator = torch.Generator().manual_seed(seed)
-    W = _unit_spectral(width, generator)
-    drive = torch.randn(batch, width, generator=generator)  # U x_i
+    return _tanh_case("tanh-easy", _unit_spectral(width, generator), 1.0, batch, generator)
+
+
+def _tanh_case(
+    family: str, W: Tensor, drive_scale: float, batch: int, generator: torch.Generator
+) -> Case:
+    """``f(z, s, u) = tanh(s * (z W^T) + u)`` with drive ``u = drive_scale * N(0, I)`` (``U x_i``)
+    and contractions ``s_i`` spread evenly over ``[0.5, 0.97]`` in random order."""
+    width = W.shape[0]
+    drive = drive_scale * torch.randn(batch, width, generator=generator)
     scale = torch.linspace(0.5, 0.97, batch)[torch.randperm(batch, generator=generator)]
-    return Case(f"tanh-easy n={width} B={batch}", _tanh_map(W), (scale[:, None], drive),
+
+    def f(z: Tensor, s: Tensor, u: Tensor) -> Tensor:
+        return torch.tanh(s * (z @ W.T) + u)
+
+    return Case(f"{family} n={width} B={batch}", f, (scale[:, None], drive),
                 torch.zeros(batch, width), 1e-5 * math.sqrt(width))
-
-
-def _tanh_map(W: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    def f(z: Tensor, scale: Tensor, drive: Tensor) -> Tensor:
-        return torch.tanh(scale * (z @ W.T) + drive)
-
-    return f
 
 
 class _Cell(nn.Module):

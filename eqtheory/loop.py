@@ -53,6 +53,11 @@ def _freeze(accept: Tensor, new: State, old: State) -> State:
     return {**new, **_merge(accept, {key: new[key] for key in FROZEN}, old)}
 
 
+def _per_sample(value: object, batch: int) -> bool:
+    """Whether a state entry is per-sample: a tensor whose first dimension is ``batch``."""
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch
+
+
 def _merge(keep_new: Tensor, new: State, old: State) -> State:
     """Per-sample select: ``new`` where ``keep_new`` ``[B]`` else ``old`` (shared values, and
     entries that are the same tensor in both: new)."""
@@ -60,7 +65,7 @@ def _merge(keep_new: Tensor, new: State, old: State) -> State:
     merged: State = {}
     for key, value in new.items():
         previous = old.get(key)
-        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch and (
+        if _per_sample(value, batch) and (
             isinstance(previous, Tensor) and previous is not value
             and previous.shape == value.shape
         ):
@@ -75,8 +80,7 @@ def _take(values: dict, rows: Tensor, batch: int) -> dict:
     """The per-sample entries of ``values`` (tensors with leading dimension ``batch``) at
     ``rows``; shared entries unchanged."""
     return {
-        key: value.index_select(0, rows)
-        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch else value
+        key: value.index_select(0, rows) if _per_sample(value, batch) else value
         for key, value in values.items()
     }
 
@@ -110,7 +114,8 @@ def iterate(
     limit = max_steps if budget is None else budget
     bound = divergence * (batch_norm(z0.detach()) + 1)
 
-    codes_of = {code: torch.tensor(int(code), device=device) for code in Status}
+    diverged_code = torch.tensor(int(Status.DIVERGED), device=device)
+    nonfinite_code = torch.tensor(int(Status.NONFINITE), device=device)
     # On the CPU reading a flag back is free, so the loop asks whether every sample was accepted
     # and then skips the per-sample freeze; on an accelerator that would add a host sync a step.
     host_checks = device.type == "cpu"
@@ -147,12 +152,10 @@ def iterate(
             rows = keep if rows is None else rows.index_select(0, keep)
             width = active.shape[0]
             state, rule_state = _take(state, keep, width), _take(rule_state, keep, width)
-            per_sample = _take(
-                {"z_norm": z_norm, "bound": bound, "start": start, "status": status,
-                 "steps": steps, "fevals": fevals, "nan": nan}, keep, width)
-            z_norm, bound, start = per_sample["z_norm"], per_sample["bound"], per_sample["start"]
-            status, steps, fevals = per_sample["status"], per_sample["steps"], per_sample["fevals"]
-            nan, active = per_sample["nan"], active.index_select(0, keep)
+            z_norm, bound, start, status, steps, fevals, nan, active = (
+                t.index_select(0, keep)
+                for t in (z_norm, bound, start, status, steps, fevals, nan, active)
+            )
             work = problem.restrict(rows)
             trace.compact(keep)
         width = active.shape[0]
@@ -186,7 +189,7 @@ def iterate(
         if new_rule_state:
             rule_state = _merge(active, new_rule_state, rule_state)
         # samples that stop now: the rule's code if their step was accepted, else why it was not
-        rejected = torch.where(ok, codes_of[Status.DIVERGED], codes_of[Status.NONFINITE])
+        rejected = torch.where(ok, diverged_code, nonfinite_code)
         stopped = torch.where(accept, done, running_before)
         status = torch.where(stopped, torch.where(accept, codes, rejected), status)
         active = accept & ~done
