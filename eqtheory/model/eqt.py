@@ -44,12 +44,15 @@ class ModelOutput:
         latents: per ERM, ``[B, T, d]`` the state the energy was evaluated at (refined, before
             the LayerNorm); memory-bank updates read these.
         solutions: per ERM that refined, its `Solution`.
+        proposals: per ERM, ``[B, T, d]`` the proposal ``z0`` it started from (aligned with
+            ``latents``; ``latents[i] - proposals[i]`` is what refinement moved).
     """
 
     logits: Tensor
     energy: Tensor | None = None
     latents: list[Tensor] = field(default_factory=list)
     solutions: list[Solution] = field(default_factory=list)
+    proposals: list[Tensor] = field(default_factory=list)
 
 
 class EqT(nn.Module):
@@ -131,6 +134,7 @@ class EqT(nn.Module):
             z, solution = erm(z0, context, stop=stop, readout=self.backbone.readout)
             z_star = solution.z
             out.solutions.append(solution)
+        out.proposals.append(z0)
         out.latents.append(z_star)
         if with_energy:
             energies.append(erm.energy(z_star, {**context, "z0": z0}))
