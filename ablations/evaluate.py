@@ -17,11 +17,40 @@ aux-only models are evaluated once, under ``"steps=0"``)::
      "flops_per_token": `ablations.flops.flops_per_token` with those evaluations,
      "trace": {"residual": K values, batch mean of ||z_k - z_{k-1}|| over active sequences for
                k = 1..K; "energy": K + 1 values, mean objective Phi = L + prior per token for
-               k = 0..K}}
+               k = 0..K},
+     "diagnostics": models that refine only (EqT, not baselines or aux-only); see below}
+
+``diagnostics`` (`eqtheory.diagnostics`), per rule, against the ``steps=0`` pass of the same
+weights. Displacement and flips use the whole test set; the energy's per-token values and the
+gradient norms use its first ``diagnostic_size`` sequences (default 256, ``diagnostic_sequences``
+says how many), to keep the cost to a few energy evaluations per sequence::
+
+    {"displacement": {"mean", "q50", "q90", "q99", "max"}: ||z* - z0|| / ||z0|| per position,
+                     over (ERM, sequence, position), z0 each ERM's own proposal in this pass,
+     "displacement_by_erm": [mean per ERM],
+     "flips": `flip_rates` of the scored tokens, K = 0 -> this rule: {"wrong_to_right",
+              "right_to_wrong" (fractions of all scored tokens), "fixed" (of the wrong ones),
+              "broken" (of the right ones), "changed", "n"},
+     "grad_norm": {"z0": {term: mean}, "z_star": {term: mean}}: ||grad_{z_t} w_i E_i|| per leaf
+                  term of each ERM's objective L + anchor (labels as `leaf_terms`; "total": the
+                  whole objective's gradient), mean over positions and ERMs, at the proposal and
+                  at the refined state,
+     "energy_auroc": AUROC of the per-token learned energy L (no prior; causal increments,
+                     `per_token_energy`, summed over ERMs) at z* for predicting a wrong scored
+                     token (0.5: no signal; None: one class empty),
+     "confidence_auroc": the same for 1 - max_v p(v) (the model's own confidence: a reference),
+     "energy_mean": {"right", "wrong"}: mean per-token energy of right and wrong tokens,
+     "energy_tokens": tokens in the AUROC, "energy_nonfinite": tokens dropped as non-finite,
+     "diagnostic_sequences": n,
+     "acc_by_k": {"0": acc, "1": ..., "2", "4", ..., cap}: accuracy under ``steps=k`` for
+                 k = 0, 1, 2, 4, ..., cap, cap the largest ``steps=N`` in the run's rules
+                 (passes of the run's own rules are reused; a property of the run, repeated in
+                 every rule's block)}
 """
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +62,60 @@ from ablations import tasks
 from ablations.config import RunConfig
 from ablations.flops import flops_per_token
 from eqtheory import stopping
+from eqtheory.diagnostics import (
+    auroc,
+    flip_rates,
+    k_grid,
+    per_token_energy,
+    relative_displacement,
+    term_grad_norms,
+)
 from eqtheory.model import EqT
+from eqtheory.model.eqt import ModelOutput
 from eqtheory.status import Status
 
 K0 = "steps=0"
+DIAGNOSTIC_SIZE = 256  # sequences for the per-token energy and the per-term gradient norms
+
+
+@dataclass
+class Diagnosis:
+    """What one pass collects for the ``diagnostics`` block, on the CPU.
+
+    Attributes:
+        displacement: ``[R, N, T]`` relative displacement per ERM, sequence and position.
+        energy: ``[n, T]`` per-token learned energy (summed over ERMs) of the first ``n``
+            sequences.
+        grad_norm: ``{"z0" | "z_star": {term: [sum, count]}}`` per-position gradient norms.
+    """
+
+    displacement: list[Tensor] = field(default_factory=list)
+    energy: list[Tensor] = field(default_factory=list)
+    grad_norm: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {"z0": {}, "z_star": {}}
+    )
+
+    def add(self, model: EqT, out: ModelOutput, inputs: Tensor, sequences: int) -> None:
+        """Add one batch: displacement of every sequence; energy and gradient norms of its
+        first ``sequences`` (float32, outside autocast)."""
+        pairs = [(z.float(), z0.float()) for z, z0 in zip(out.latents, out.proposals)]
+        self.displacement.append(
+            torch.stack([relative_displacement(z, z0) for z, z0 in pairs]).cpu()  # (R, b, T)
+        )
+        if sequences <= 0:
+            return
+        energy = 0
+        for erm, (z, z0) in zip(model.erms, pairs):
+            z, z0 = z[:sequences], z0[:sequences]  # (n, T, d)
+            context = {"tokens": inputs[:sequences], "z0": z0}
+            energy = energy + per_token_energy(erm.energy, z, context)  # (n, T)
+            for where, point in (("z0", z0), ("z_star", z)):
+                rows = self.grad_norm[where]
+                for label, norms in term_grad_norms(erm.objective, point, context).items():
+                    total = rows.setdefault(label, [0.0, 0])
+                    total[0] += float(norms.sum())
+                    total[1] += norms.numel()
+        self.energy.append(energy.cpu())
 
 
 @dataclass
@@ -47,6 +126,7 @@ class Pass:
         correct, confidence: ``[N, T]`` prediction correct; max softmax probability.
         steps, status, fevals: ``[R, N]`` per ERM (R = 0 when the model does not refine).
         residual, energy: per solver step, ``[sum, count]`` accumulated over batches and ERMs.
+        diagnosis: what the ``diagnostics`` block reads (None unless asked for).
     """
 
     correct: Tensor
@@ -56,6 +136,7 @@ class Pass:
     fevals: Tensor
     residual: list[list[float]] = field(default_factory=list)
     energy: list[list[float]] = field(default_factory=list)
+    diagnosis: Diagnosis | None = None
 
 
 def _accumulate(rows: list[list[float]], trace: Tensor) -> None:
@@ -73,10 +154,13 @@ def _accumulate(rows: list[list[float]], trace: Tensor) -> None:
 @torch.no_grad()
 def run_pass(
     model: EqT, test: tasks.Batch, config: RunConfig, *, stop: str, device: torch.device,
-    autocast: AbstractContextManager,
+    autocast: AbstractContextManager, diagnose: int | None = None,
 ) -> Pass:
-    """Predict the test set in batches of ``config.eval_batch_size`` under rule ``stop``."""
+    """Predict the test set in batches of ``config.eval_batch_size`` under rule ``stop``;
+    with ``diagnose`` (a number of sequences) and a model that refines, also collect the
+    `Diagnosis` (energy and gradient norms on the first ``diagnose`` sequences)."""
     correct, confidence, steps, status, fevals = [], [], [], [], []
+    diagnosis = Diagnosis() if diagnose is not None and model.refines else None
     residual: list[list[float]] = []
     energy: list[list[float]] = []
     for start in range(0, test.inputs.shape[0], config.eval_batch_size):
@@ -95,13 +179,15 @@ def run_pass(
             for solution in out.solutions:
                 _accumulate(residual, solution.trace["residual"].float().cpu())
                 _accumulate(energy, solution.trace["energy"].float().cpu())
+        if diagnosis is not None:
+            diagnosis.add(model, out, inputs, min(inputs.shape[0], diagnose - start))
     empty = torch.zeros(0, test.inputs.shape[0], dtype=torch.int64)
     return Pass(
         correct=torch.cat(correct), confidence=torch.cat(confidence),
         steps=torch.cat(steps, dim=1) if steps else empty,
         status=torch.cat(status, dim=1) if status else empty,
         fevals=torch.cat(fevals, dim=1) if fevals else empty,
-        residual=residual, energy=energy,
+        residual=residual, energy=energy, diagnosis=diagnosis,
     )
 
 
@@ -153,24 +239,95 @@ def summarize(
     }
 
 
+def _quantiles(values: Tensor) -> dict[str, float | None]:
+    if not values.numel():
+        return {"mean": None, "q50": None, "q90": None, "q99": None, "max": None}
+    values = values.double()
+    q50, q90, q99 = torch.quantile(values, torch.tensor([0.5, 0.9, 0.99], dtype=values.dtype))
+    return {"mean": float(values.mean()), "q50": float(q50), "q90": float(q90),
+            "q99": float(q99), "max": float(values.max())}
+
+
+def summarize_diagnostics(
+    result: Pass, reference: Pass, scored: Tensor, acc_by_k: dict[str, float | None]
+) -> dict[str, Any]:
+    """The ``diagnostics`` block of one pass against the ``steps=0`` pass (schema in the module
+    docstring); ``scored: [T]`` bool, the task's scored positions."""
+    diagnosis = result.diagnosis
+    if diagnosis is None:
+        raise ValueError("summarize_diagnostics needs a pass run with diagnose=")
+    displacement = torch.cat(diagnosis.displacement, dim=1)  # (R, N, T)
+    energy = torch.cat(diagnosis.energy)[:, scored]  # (n, S)
+    sequences = energy.shape[0]
+    wrong = ~result.correct[:sequences, scored]  # (n, S)
+    finite = torch.isfinite(energy)
+    right_energy, wrong_energy = energy[finite & ~wrong], energy[finite & wrong]
+    return {
+        "displacement": _quantiles(displacement.reshape(-1)),
+        "displacement_by_erm": [float(d.double().mean()) for d in displacement],
+        "flips": flip_rates(reference.correct[:, scored], result.correct[:, scored]),
+        "grad_norm": {
+            where: {label: total / count for label, (total, count) in rows.items()}
+            for where, rows in diagnosis.grad_norm.items()
+        },
+        "energy_auroc": auroc(energy[finite], wrong[finite]),
+        "confidence_auroc": auroc(-result.confidence[:sequences, scored], wrong),
+        "energy_mean": {"right": _mean(right_energy), "wrong": _mean(wrong_energy)},
+        "energy_tokens": int(finite.sum()),
+        "energy_nonfinite": int((~finite).sum()),
+        "diagnostic_sequences": sequences,
+        "acc_by_k": acc_by_k,
+    }
+
+
+def step_cap(rules: list[str]) -> int:
+    """The largest ``steps=N`` in the rules' specs (0 when none has one)."""
+    found = [int(n) for rule in rules
+             for n in re.findall(r"(?<![A-Za-z_])steps=(\d+)", stopping.parse(rule).spec())]
+    return max(found, default=0)
+
+
 def evaluate_all(
     model: EqT, test: tasks.Batch, task: tasks.Task, config: RunConfig, *,
-    device: torch.device, autocast: AbstractContextManager,
+    device: torch.device, autocast: AbstractContextManager, diagnostics: bool = True,
+    diagnostic_size: int = DIAGNOSTIC_SIZE,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate under every rule of ``config.eval_stops`` (models that refine) or once under
-    ``steps=0``; difficulty thirds come from the ``steps=0`` pass of the same model."""
+    ``steps=0``; difficulty thirds come from the ``steps=0`` pass of the same model.
+
+    Models that refine also get each rule's ``diagnostics`` block (unless ``diagnostics`` is
+    False): per-token energy and gradient norms on the first ``diagnostic_size`` test
+    sequences, and accuracy under ``steps=k`` for the `k_grid` up to the rules' largest step
+    cap (one extra pass per budget that is not one of the rules).
+    """
     model.eval()
     keys = list(config.eval_stops) if model.refines else [K0]
-    reference = run_pass(model, test, config, stop=K0, device=device, autocast=autocast)
+    diagnose = diagnostic_size if diagnostics and model.refines else None
+
+    def run(stop: str, diagnose: int | None = None) -> Pass:
+        return run_pass(model, test, config, stop=stop, device=device, autocast=autocast,
+                        diagnose=diagnose)
+
+    passes = {K0: run(K0, diagnose)}  # spec -> pass
+    reference = passes[K0]
     length = reference.correct.shape[1]
-    thirds = difficulty_thirds(
-        reference.confidence[:, task.scored(length)].reshape(-1), config.seed
-    )
-    evals = {}
+    scored = task.scored(length)
+    thirds = difficulty_thirds(reference.confidence[:, scored].reshape(-1), config.seed)
     for key in keys:
-        same = stopping.parse(key).spec() == K0
-        result = reference if same else run_pass(
-            model, test, config, stop=key, device=device, autocast=autocast
+        spec = stopping.parse(key).spec()
+        if spec not in passes:
+            passes[spec] = run(key, diagnose)
+    evals = {key: summarize(passes[stopping.parse(key).spec()], model, task, thirds)
+             for key in keys}
+    if diagnose is None:
+        return evals
+    acc_by_k = {}
+    for k in k_grid(step_cap(keys)):
+        budget = f"steps={k}"
+        result = passes[budget] if budget in passes else run(budget)
+        acc_by_k[str(k)] = _mean(result.correct[:, scored].reshape(-1))
+    for key in keys:
+        evals[key]["diagnostics"] = summarize_diagnostics(
+            passes[stopping.parse(key).spec()], reference, scored, acc_by_k
         )
-        evals[key] = summarize(result, model, task, thirds)
     return evals

@@ -53,7 +53,7 @@ def test_eqt_smoke_run_produces_the_metrics_schema(tmp_path):
     assert set(metrics["evals"]) == {"steps=0", "steps=8"}
     k0, k8 = metrics["evals"]["steps=0"], metrics["evals"]["steps=8"]
     for record in (k0, k8):
-        assert set(record) == EVAL_KEYS
+        assert set(record) == EVAL_KEYS | {"diagnostics"}  # an EqT run: ablations.evaluate
         assert set(record["acc_by_position"]) == {"q1", "q2", "q3", "q4"}
         assert set(record["acc_by_difficulty"]) == {"hard", "medium", "easy"}
         assert 0 <= record["acc"] <= 1
