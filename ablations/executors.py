@@ -9,7 +9,12 @@ Failures: `TrainingDiverged` (NaN loss) is deterministic for a config and seed, 
 recorded as ``failed`` and not retried; any other exception is retried until the run has had
 ``1 + retries`` attempts (counted across invocations). An interrupt (Ctrl-C, SIGTERM) gives the
 running rows back (pending, attempt not counted) before the exception propagates; a hard kill
-leaves them ``running``, and `Store.reset_stale` resets them on the next start.
+leaves them ``running``, and `Store.reset_stale` resets them on the next start. A run whose row
+another runner took over (this runner was silent past the lease) is reported as ``lost``: its
+result is dropped, the other runner's row is left alone, and the sweep goes on.
+
+Every attempt records what decided its kernels (`ablations.environment.capture`, taken in the
+process that trained) in the row's ``environment``.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablations import environment
 from ablations.config import RunConfig
-from ablations.store import DIVERGED, Store
+from ablations.store import DIVERGED, HEARTBEAT_S, Store
 
 TrainFn = Callable[..., Any]  # train_run(config, *, workdir, progress, log) -> RunResult
-HEARTBEAT_S = 30.0
 EXECUTORS = ("local", "ray")
+LOST = "lost"  # record()'s status for a run whose row another runner took over
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Outcome:
     versions: dict[str, str] | None = None
     error: str | None = None
     retryable: bool = True
+    environment: dict[str, Any] | None = None
 
 
 def versions() -> dict[str, str]:
@@ -108,9 +115,10 @@ def attempt(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    description = None
+    description = kernels = None
     try:
         device, description = resolve_device(config.device)
+        kernels = environment.capture(device)
         workdir.mkdir(parents=True, exist_ok=True)
         result = train_fn(
             dataclasses.replace(config, device=device), workdir=workdir, progress=progress
@@ -118,14 +126,14 @@ def attempt(
     except TrainingDiverged as error:
         return Outcome(
             run_hash, ok=False, device=description, retryable=False,
-            error=f"{DIVERGED}: {error}",
+            error=f"{DIVERGED}: {error}", environment=kernels,
         )
     except Exception as error:  # noqa: BLE001  (any failure of a run is recorded, not fatal)
         tail = "".join(traceback.format_exception(error)[-12:])
-        return Outcome(run_hash, ok=False, device=description, error=tail)
+        return Outcome(run_hash, ok=False, device=description, error=tail, environment=kernels)
     return Outcome(
         run_hash, ok=True, metrics=result.metrics, timings=dict(result.timings),
-        device=description, versions=versions(),
+        device=description, versions=versions(), environment=kernels,
     )
 
 
@@ -168,17 +176,23 @@ class Heartbeat:
 
 
 def record(store: Store, outcome: Outcome, *, max_attempts: int, commit: str | None) -> str:
-    """Write `outcome`; returns the row's new status (``pending`` when it will be retried)."""
+    """Write `outcome`; returns the row's new status (``pending`` when it will be retried), or
+    `LOST` when another runner took the row over (nothing is written)."""
     if outcome.ok:
-        store.finish(
+        owned = store.finish(
             outcome.run_hash, metrics=outcome.metrics or {}, timings=outcome.timings or {},
             device=outcome.device or "unknown", versions=outcome.versions or {},
-            git_commit=commit,
+            git_commit=commit, environment=outcome.environment,
         )
-        return "done"
+        return "done" if owned else LOST
     row = store.get(outcome.run_hash)
     requeue = outcome.retryable and row is not None and row.attempts < max_attempts
-    store.fail(outcome.run_hash, error=outcome.error or "", requeue=requeue, device=outcome.device)
+    owned = store.fail(
+        outcome.run_hash, error=outcome.error or "", requeue=requeue, device=outcome.device,
+        environment=outcome.environment,
+    )
+    if not owned:
+        return LOST
     return "pending" if requeue else "failed"
 
 

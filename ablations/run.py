@@ -15,22 +15,24 @@ and a did-you-mean message. Re-running the same command resumes: finished runs a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
+import os
 import re
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ablations import presets
 from ablations.config import TASKS, RunConfig
 from ablations.executors import EXECUTORS
-from ablations.store import DEFAULT_LEASE_S, Store
+from ablations.store import DEFAULT_LEASE_S, Store, UnreadableStore, check_lease, unreadable
 from eqtheory import stopping
 from eqtheory.backward.registry import BACKWARD
 from eqtheory.registry import did_you_mean
@@ -349,9 +351,34 @@ def done_hashes(database: Path) -> set[str]:
         db.close()
 
 
-def _terminate(signum: int, frame: object) -> None:
-    del frame
-    raise SystemExit(128 + signum)
+class _Interrupts:
+    """SIGINT and SIGTERM handlers, installed explicitly (a runner started in the background
+    inherits SIGINT ignored). The first signal raises (KeyboardInterrupt, or SystemExit(143)
+    for SIGTERM) so that the executors give their running rows back; a second one exits at once
+    with 128 + signum: every database write is one transaction, so the file stays consistent,
+    and rows still ``running`` belong to a dead process that the next start takes back."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        del frame
+        self.received += 1
+        if self.received > 1:
+            os.write(2, f"\nsignal {signum} again: exiting now\n".encode())
+            os._exit(128 + signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None, *, train_fn: Callable[..., Any] | None = None) -> int:
@@ -362,9 +389,17 @@ def main(argv: Sequence[str] | None = None, *, train_fn: Callable[..., Any] | No
         sweep = plan(args)
     except CliError as error:
         parser.error(str(error))
+    try:
+        check_lease(args.lease)
+    except ValueError as error:
+        parser.error(f"--lease: {error}")
     if args.dry_run:
         database = sweep.out / "results.sqlite"
-        done = done_hashes(database)
+        try:
+            done = done_hashes(database)
+        except sqlite3.DatabaseError as error:
+            print(f"error: {unreadable(database, error)}", file=sys.stderr)
+            return 2
         for label, config in sweep.runs:
             mark = "done" if config.hash() in done else "todo"
             print(f"{config.hash()}  {mark}  {describe(label, config)}")
@@ -382,23 +417,29 @@ def main(argv: Sequence[str] | None = None, *, train_fn: Callable[..., Any] | No
     from ablations import report
 
     started = time.time()
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        rows, counts = sweep_runs(args, sweep, train_fn)
-    except KeyboardInterrupt:
-        print("interrupted: the database is consistent; run the same command to resume")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print(report.summary_table(rows))
-    print(
-        f"{counts['done']}/{len(sweep.runs)} runs done, {counts['failed']} failed, "
-        f"{counts['running'] + counts['pending']} unfinished; this invocation took "
-        f"{time.time() - started:.1f} s"
-    )
-    if not args.no_report:
-        path = report.write_report(sweep.out)
-        print(f"report: {path}")
+    with _Interrupts().installed():  # until main returns: a second signal always exits at once
+        try:
+            rows, counts = sweep_runs(args, sweep, train_fn)
+        except KeyboardInterrupt:
+            print("interrupted: the database is consistent; run the same command to resume")
+            return 130
+        except UnreadableStore as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(report.summary_table(rows))
+        print(
+            f"{counts['done']}/{len(sweep.runs)} runs done, {counts['failed']} failed, "
+            f"{counts['running'] + counts['pending']} unfinished; this invocation took "
+            f"{time.time() - started:.1f} s"
+        )
+        if not args.no_report:
+            try:
+                path = report.write_report(sweep.out)
+            except KeyboardInterrupt:
+                print("interrupted while writing the report: every run is stored; "
+                      f"python -m ablations.report --out {sweep.out} writes it")
+                return 130
+            print(f"report: {path}")
     return 0 if counts["failed"] == 0 else 1
 
 
@@ -425,14 +466,20 @@ def sweep_runs(
             f"{len(requeued)} failed ones retried), {counts['running']} running elsewhere, "
             f"{counts['failed']} failed"
         )
-        bar = tqdm(total=counts["pending"], unit="run", desc=sweep.preset.name)
+        # bars only on a terminal: in a log file their redraws would split the result lines
+        interactive = sys.stdout.isatty() and sys.stderr.isatty()
+        bar = tqdm(total=counts["pending"], unit="run", desc=sweep.preset.name,
+                   disable=not interactive)
 
         def on_finished(run_hash: str, status: str) -> None:
             row = store.get(run_hash)
             if row is None:
                 return
             line = f"[{status}] {describe(labels[run_hash], row.config)}"
-            if row.metrics is not None and status == "done":
+            if status == executors.LOST:
+                line += (f": taken over by {row.host}:{row.pid} after this runner was silent "
+                         f"past the lease; this result dropped")
+            elif row.metrics is not None and status == "done":
                 accs = ", ".join(
                     f"{stop}: {100 * ev['acc']:.2f}%" for stop, ev in row.metrics["evals"].items()
                 )
@@ -452,7 +499,7 @@ def sweep_runs(
             else:
                 executors.run_local(
                     store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
-                    progress=sys.stderr.isatty(), on_finished=on_finished, threads=args.threads,
+                    progress=interactive, on_finished=on_finished, threads=args.threads,
                 )
         finally:
             bar.close()

@@ -7,10 +7,17 @@ supports SQLite locking) may point at one database: the database is in WAL mode 
 timeout, and a claim is a single ``UPDATE ... WHERE status = 'pending'`` inside a
 ``BEGIN IMMEDIATE`` transaction, so a run is claimed by exactly one runner.
 
-A ``running`` row whose owner is gone is *stale*: its owner pid is dead on this host, or its
-heartbeat is older than the lease. `Store.reset_stale` puts stale rows back to ``pending``; the
-runner calls it before every sweep, so a killed sweep resumes where it stopped (and the run that
-was killed mid-training resumes from the checkpoint in its work directory).
+A ``running`` row whose owner is gone is *stale*: its owner process is gone on this host (no
+such pid, a zombie that its parent has not reaped yet, or a pid that now belongs to another
+process: the row records the owner's start time beside its pid), or its heartbeat is older than
+the lease. `Store.reset_stale` puts stale rows back to ``pending``; the runner calls it before
+every sweep, so a killed sweep resumes where it stopped (and the run that was killed
+mid-training resumes from the checkpoint in its work directory). A lease shorter than twice the
+heartbeat period is refused (a live runner would lose its rows between two beats). A runner
+whose row was taken over writes nothing to it: `Store.finish` and `Store.fail` return False.
+
+A file that is not a results database (garbled, truncated, another program's SQLite file)
+raises `UnreadableStore` with one line naming the file and how to recover; it is never written.
 
 Reports read the database only (`Store.rows`), never a sweep's memory.
 """
@@ -28,10 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ablations.config import RunConfig
 
 STATUSES = ("pending", "running", "done", "failed")
 DEFAULT_LEASE_S = 900.0
+HEARTBEAT_S = 30.0  # how often a runner refreshes the heartbeat of the rows it owns
 DIVERGED = "TrainingDiverged"  # error prefix of runs whose loss became non-finite
 
 SCHEMA = """
@@ -45,10 +55,12 @@ CREATE TABLE IF NOT EXISTS runs (
     length       INTEGER NOT NULL,
     seed         INTEGER NOT NULL,
     versions     TEXT,               -- JSON {python, torch, eqtheory}
+    environment  TEXT,               -- JSON: what decides the kernels (ablations.environment)
     git_commit   TEXT,               -- NULL when not in a git checkout
     device       TEXT,               -- resolved device of the last attempt (cpu, cuda:0, ...)
     host         TEXT,               -- claimant's hostname
     pid          INTEGER,            -- claimant's process id
+    pid_started  REAL,               -- claimant's process start time, unix s (pid reuse check)
     timings      TEXT,               -- JSON {train_s, eval_s, total_s}
     metrics      TEXT,               -- JSON, the RunResult.metrics schema
     error        TEXT,               -- last error (traceback tail), NULL when done
@@ -60,6 +72,19 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 """
+# columns added after the first release: (name, type), added to older files on open
+ADDED_COLUMNS = (("pid_started", "REAL"), ("environment", "TEXT"))
+
+
+class UnreadableStore(RuntimeError):
+    """The results file cannot be read as a results database; the message is one line."""
+
+
+def unreadable(path: Path, reason: object) -> UnreadableStore:
+    return UnreadableStore(
+        f"{path} is not a readable results database ({reason}); it was left untouched: move it "
+        f"aside (mv {path} {path}.bad) and run again to start a new one, or restore a backup"
+    )
 
 
 @dataclass(frozen=True)
@@ -75,10 +100,12 @@ class Row:
     length: int
     seed: int
     versions: dict[str, str] | None
+    environment: dict[str, Any] | None
     git_commit: str | None
     device: str | None
     host: str | None
     pid: int | None
+    pid_started: float | None
     timings: dict[str, float] | None
     metrics: dict[str, Any] | None
     error: str | None
@@ -91,22 +118,45 @@ class Row:
 
 def _decode(record: sqlite3.Row) -> Row:
     values = dict(record)
-    for key in ("versions", "timings", "metrics"):
+    for key in ("versions", "environment", "timings", "metrics"):
         if values[key] is not None:
             values[key] = json.loads(values[key])
     values["config"] = RunConfig.from_dict(json.loads(values["config"]))
     return Row(**values)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host."""
+def process_started(pid: int) -> float | None:
+    """Start time (unix seconds) of process `pid` on this host; None if there is none."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def pid_alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether process `pid` runs on this host: it exists, is not a zombie (dead, not yet
+    reaped by its parent) and, when `started` is given, started at that time (else the pid was
+    reused by another process)."""
+    if pid is None:
         return False
-    except PermissionError:  # exists, owned by someone else
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 0.01
+    except psutil.NoSuchProcess:  # includes psutil.ZombieProcess
+        return False
+    except psutil.AccessDenied:  # exists, owned by someone else
         return True
-    return True
+
+
+def check_lease(lease_s: float) -> None:
+    """A lease must outlast two heartbeats (ValueError otherwise)."""
+    if not lease_s >= 2 * HEARTBEAT_S:  # also refuses NaN
+        raise ValueError(
+            f"lease {lease_s:g} s is shorter than twice the heartbeat ({HEARTBEAT_S:g} s): "
+            f"a live runner would lose its runs; use at least {2 * HEARTBEAT_S:g}"
+        )
 
 
 class Store:
@@ -115,23 +165,66 @@ class Store:
     Args:
         path: the database file (created with its parent directory if missing).
         timeout_s: how long a writer waits for the lock before failing (busy timeout).
+        readonly: open an existing file for reading only (no schema set-up, nothing written).
+
+    Raises:
+        UnreadableStore: the file is not a results database (it is left untouched).
     """
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, path: str | Path, *, timeout_s: float = 60.0, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if readonly and not self.path.is_file():
+            raise FileNotFoundError(f"no results database at {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit; every write below opens its own transaction.
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        target = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        self._db = sqlite3.connect(
+            target, timeout=timeout_s, isolation_level=None, uri=readonly
+        )
         self._db.row_factory = sqlite3.Row
+        try:
+            self._open(timeout_s, readonly=readonly)
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise unreadable(self.path, error) from None
+        except UnreadableStore:
+            self._db.close()
+            raise
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.pid_started = process_started(self.pid)
+
+    def _open(self, timeout_s: float, *, readonly: bool) -> None:
+        """Check that the file is a results database (or empty), then set it up for writing."""
         self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise unreadable(self.path, f"integrity check: {check}")
+        tables = {
+            r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if tables and "runs" not in tables:
+            raise unreadable(self.path, f"no runs table; tables: {', '.join(sorted(tables))}")
+        if "runs" in tables:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+            missing = {"hash", "status", "config", "heartbeat_at"} - columns
+            if missing:
+                raise unreadable(self.path, f"runs table lacks {', '.join(sorted(missing))}")
+        if readonly:
+            return
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         with self._write():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+            for name, kind in ADDED_COLUMNS:
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -205,10 +298,10 @@ class Store:
         now = time.time()
         with self._write() as db:
             cursor = db.execute(
-                "UPDATE runs SET status = 'running', host = ?, pid = ?, started_at = ?,"
-                " heartbeat_at = ?, finished_at = NULL, attempts = attempts + 1"
+                "UPDATE runs SET status = 'running', host = ?, pid = ?, pid_started = ?,"
+                " started_at = ?, heartbeat_at = ?, finished_at = NULL, attempts = attempts + 1"
                 " WHERE hash = ? AND status = 'pending'",
-                (self.host, self.pid, now, now, run_hash),
+                (self.host, self.pid, self.pid_started, now, now, run_hash),
             )
             return cursor.rowcount == 1
 
@@ -233,14 +326,16 @@ class Store:
     def _owned(self, db: sqlite3.Connection, run_hash: str, sets: str, values: tuple) -> bool:
         cursor = db.execute(
             f"UPDATE runs SET {sets}"
-            " WHERE hash = ? AND status = 'running' AND host = ? AND pid = ?",
-            (*values, run_hash, self.host, self.pid),
+            " WHERE hash = ? AND status = 'running' AND host = ? AND pid = ?"
+            " AND pid_started IS ?",
+            (*values, run_hash, self.host, self.pid, self.pid_started),
         )
         return cursor.rowcount == 1
 
-    def heartbeat(self, run_hash: str) -> None:
+    def heartbeat(self, run_hash: str) -> bool:
+        """Refresh the heartbeat of a run this process owns; False if it is no longer ours."""
         with self._write() as db:
-            self._owned(db, run_hash, "heartbeat_at = ?", (time.time(),))
+            return self._owned(db, run_hash, "heartbeat_at = ?", (time.time(),))
 
     def finish(
         self,
@@ -251,31 +346,45 @@ class Store:
         device: str,
         versions: dict[str, str],
         git_commit: str | None,
-    ) -> None:
-        """Record a finished run (only if this process still owns it)."""
+        environment: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record a finished run if this process still owns it; False (nothing written) if
+        another runner took the row over."""
         with self._write() as db:
-            owned = self._owned(
+            return self._owned(
                 db,
                 run_hash,
                 "status = 'done', metrics = ?, timings = ?, device = ?, versions = ?,"
-                " git_commit = ?, error = NULL, finished_at = ?",
+                " environment = ?, git_commit = ?, error = NULL, finished_at = ?",
                 (
                     json.dumps(metrics), json.dumps(timings), device, json.dumps(versions),
-                    git_commit, time.time(),
+                    None if environment is None else json.dumps(environment), git_commit,
+                    time.time(),
                 ),
             )
-        if not owned:
-            raise RuntimeError(f"run {run_hash} is no longer owned by this process; not written")
 
-    def fail(self, run_hash: str, *, error: str, requeue: bool, device: str | None = None) -> None:
-        """Record a failure; `requeue` puts the run back to pending (attempts are kept)."""
+    def fail(
+        self,
+        run_hash: str,
+        *,
+        error: str,
+        requeue: bool,
+        device: str | None = None,
+        environment: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record a failure; `requeue` puts the run back to pending (attempts are kept).
+        False (nothing written) if another runner took the row over."""
         status = "pending" if requeue else "failed"
         with self._write() as db:
-            self._owned(
+            return self._owned(
                 db,
                 run_hash,
-                "status = ?, error = ?, device = COALESCE(?, device), finished_at = ?",
-                (status, error, device, time.time()),
+                "status = ?, error = ?, device = COALESCE(?, device),"
+                " environment = COALESCE(?, environment), finished_at = ?",
+                (
+                    status, error, device,
+                    None if environment is None else json.dumps(environment), time.time(),
+                ),
             )
 
     def release(self, run_hash: str) -> None:
@@ -290,15 +399,19 @@ class Store:
     def reset_stale(self, *, lease_s: float = DEFAULT_LEASE_S) -> list[str]:
         """Put stale running rows back to pending; returns their hashes.
 
-        Stale: owned by a dead pid on this host, or no heartbeat for `lease_s` seconds.
+        Stale: owned by a process on this host that is gone (`pid_alive`: no such pid, a zombie,
+        or a reused pid), or no heartbeat for `lease_s` seconds. A lease shorter than twice
+        `HEARTBEAT_S` is refused (ValueError): live runners would lose their rows.
         """
+        check_lease(lease_s)
         now = time.time()
         reset = []
         with self._write() as db:
             for row in db.execute(
-                "SELECT hash, host, pid, heartbeat_at FROM runs WHERE status = 'running'"
+                "SELECT hash, host, pid, pid_started, heartbeat_at FROM runs"
+                " WHERE status = 'running'"
             ).fetchall():
-                dead = row["host"] == self.host and not pid_alive(row["pid"])
+                dead = row["host"] == self.host and not pid_alive(row["pid"], row["pid_started"])
                 expired = row["heartbeat_at"] is None or now - row["heartbeat_at"] > lease_s
                 if dead or expired:
                     db.execute(
