@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from eqtheory import backward as backward_modes
+from eqtheory import checks
 from eqtheory import solvers, stopping
 from eqtheory.backward.base import BackwardMode
 from eqtheory.energies.base import Context, EnergyLike, as_energy
@@ -18,6 +19,27 @@ from eqtheory.solvers.base import Solver
 from eqtheory.stopping.base import StopRule
 
 DEFAULT_STOP = "residual<1e-6|steps=100"
+
+
+def check_z0(z0: object) -> None:
+    """Raise a one-sentence `TypeError` unless ``z0`` is a floating-point tensor."""
+    if not isinstance(z0, Tensor):
+        raise TypeError(
+            f"z0 must be a torch.Tensor of shape [B, ...], got {type(z0).__name__}; "
+            "convert it with torch.as_tensor(z0, dtype=torch.float32)"
+        )
+    if not z0.is_floating_point():
+        raise TypeError(
+            f"z0 must be a floating-point tensor (float32 or float64), got {z0.dtype}; "
+            "convert it with z0.float() or z0.double()"
+        )
+
+
+def check_budget(max_steps: object, divergence: object) -> None:
+    """Raise a one-sentence `TypeError`/`ValueError` unless ``max_steps`` is a whole number
+    ``>= 0`` and ``divergence`` a finite number ``> 0``."""
+    checks.number(max_steps, "max_steps", owner="the solve", at_least=0, whole=True)
+    checks.number(divergence, "divergence", owner="the solve", above=0)
 
 
 def _solve(
@@ -33,6 +55,8 @@ def _solve(
     record_terms: bool,
     solver_options: dict[str, Any],
 ) -> Solution:
+    check_z0(z0)
+    check_budget(max_steps, divergence)
     solver_obj = solvers.resolve(solver, **solver_options)
     rule = stopping.resolve(stop)
     mode = backward_modes.resolve(backward)
@@ -85,6 +109,7 @@ def minimize(
         >>> sol.counts()
         {'converged': 3}
     """
+    check_z0(z0)
     energy_obj = as_energy(energy)
     full_context = {"z0": z0, **(context or {})}
     return _solve(
@@ -125,6 +150,7 @@ def fixed_point(
         >>> sol.steps.tolist()  # the easy one stopped early and was no longer evaluated
         [8, 100]
     """
+    check_z0(z0)
     if args is not None:
         args = tuple(args)
         bad = [i for i, a in enumerate(args)

@@ -140,6 +140,9 @@ class FixedPointProblem(Problem):
     def evaluate(self, z: Tensor) -> Evaluation:
         with torch.set_grad_enabled(self.create_graph and torch.is_grad_enabled()):
             fz = self.f(z) if self.args is None else self.f(z, *self.args)
+        if not isinstance(fz, Tensor) or not fz.is_floating_point():
+            got = f"a {fz.dtype} tensor" if isinstance(fz, Tensor) else type(fz).__name__
+            raise TypeError(f"the map f must return a floating-point tensor like z, got {got}")
         if fz.shape != z.shape:
             raise ValueError(
                 f"the map f must return the shape of z {list(z.shape)}, got {list(fz.shape)}"

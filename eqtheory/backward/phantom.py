@@ -13,6 +13,7 @@ from torch import Tensor
 
 from eqtheory.backward.base import BackwardMode, Run
 from eqtheory.backward.registry import BACKWARD
+from eqtheory.checks import number, optional_number
 from eqtheory.problem import Problem
 from eqtheory.solution import Solution
 
@@ -31,9 +32,9 @@ class Phantom(BackwardMode):
 
     def __init__(self, k: int = 1, damping: float = 1.0, step_size: float | None = None) -> None:
         super().__init__()
-        if int(k) != k or k < 1:
-            raise ValueError(f"phantom needs a whole number k >= 1, got {k!r}")
-        self.k, self.damping, self.step_size = int(k), float(damping), step_size
+        self.k = number(k, "k", owner="phantom", at_least=1, whole=True)
+        self.damping = number(damping, "damping", owner="phantom", above=0, at_most=1)
+        self.step_size = optional_number(step_size, "step_size", owner="phantom", above=0)
 
     def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
         problem.create_graph = False

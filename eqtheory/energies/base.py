@@ -185,7 +185,15 @@ def as_energy(energy: EnergyLike) -> Energy:
 
 
 def check_per_sample(value: Tensor, z: Tensor, *, what: str) -> Tensor:
-    """Raise a clear error unless `value` has shape ``[B]`` for ``z: [B, ...]``."""
+    """Raise a clear error unless `value` is a floating-point tensor of shape ``[B]`` for
+    ``z: [B, ...]`` (a `TypeError` for a Python number or an integer tensor, whose gradient
+    would be missing or zero)."""
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        got = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(
+            f"{what} must return a floating-point tensor of shape [{z.shape[0]}] (one value per "
+            f"sample), got {got}"
+        )
     if value.shape != (z.shape[0],):
         raise ValueError(
             f"{what} must return one value per sample, shape [{z.shape[0]}], "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from eqtheory.checks import number, optional_number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, flat, observe, write_slot
 from eqtheory.solvers.registry import SOLVERS
@@ -48,12 +49,11 @@ class Anderson(Solver):
         step_size: float | None = None,
     ) -> None:
         super().__init__()
-        if int(memory) != memory or memory < 1:
-            raise ValueError(f"anderson needs a whole number memory >= 1, got {memory!r}")
-        if not 0 < damping <= 1:
-            raise ValueError(f"anderson needs 0 < damping <= 1, got {damping!r}")
-        self.memory, self.ridge, self.damping = int(memory), float(ridge), float(damping)
-        self.step_size = step_size
+        owner = self.name
+        self.memory = number(memory, "memory", owner=owner, at_least=1, whole=True)
+        self.ridge = number(ridge, "ridge", owner=owner, at_least=0)
+        self.damping = number(damping, "damping", owner=owner, above=0, at_most=1)
+        self.step_size = optional_number(step_size, "step_size", owner=owner, above=0)
 
     def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
         state = observe(problem, z0)

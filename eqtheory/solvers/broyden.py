@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from eqtheory.checks import flag, number, optional_number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, bdot, flat, observe, write_slot
 from eqtheory.solvers.registry import SOLVERS
@@ -40,9 +41,9 @@ class Broyden(Solver):
         self, memory: int = 30, restart: bool = True, step_size: float | None = None
     ) -> None:
         super().__init__()
-        if int(memory) != memory or memory < 1:
-            raise ValueError(f"broyden needs a whole number memory >= 1, got {memory!r}")
-        self.memory, self.restart, self.step_size = int(memory), bool(restart), step_size
+        self.memory = number(memory, "memory", owner="broyden", at_least=1, whole=True)
+        self.restart = flag(restart, "restart", owner="broyden")
+        self.step_size = optional_number(step_size, "step_size", owner="broyden", above=0)
 
     def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
         state = observe(problem, z0)

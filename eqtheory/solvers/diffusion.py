@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from eqtheory.checks import flag, number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.registry import SOLVERS
@@ -76,11 +77,15 @@ class Diffusion(Solver):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if not step_size > 0 or sigma_max < 0 or sigma_min < 0:
-            raise ValueError("diffusion needs step_size > 0 and sigma_max, sigma_min >= 0")
-        self.step_size, self.sigma_max, self.sigma_min = step_size, sigma_max, sigma_min
-        self.anneal_steps, self.schedule = int(anneal_steps), schedule
-        self.noise_start, self.seed = noise_start, seed
+        owner = "diffusion"
+        self.step_size = number(step_size, "step_size", owner=owner, above=0)
+        self.sigma_max = number(sigma_max, "sigma_max", owner=owner, at_least=0)
+        self.sigma_min = number(sigma_min, "sigma_min", owner=owner, at_least=0)
+        self.anneal_steps = number(anneal_steps, "anneal_steps", owner=owner, at_least=0,
+                                   whole=True)
+        self.schedule = schedule
+        self.noise_start = flag(noise_start, "noise_start", owner=owner)
+        self.seed = number(seed, "seed", owner=owner, whole=True)
 
     @property
     def deterministic(self) -> bool:

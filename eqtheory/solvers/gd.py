@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from eqtheory.checks import choice, flag, number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, bdot, flat, observe
 from eqtheory.solvers.registry import SOLVERS
@@ -54,16 +55,20 @@ class GradientDescent(Solver):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not step_size > 0:
-            raise ValueError(f"gd needs step_size > 0, got {step_size!r}")
-        if line_search not in ("none", "armijo"):
-            raise ValueError(f"line_search must be 'none' or 'armijo', got {line_search!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"gd needs 0 <= momentum < 1, got {momentum!r}")
+        owner = "gd"
+        step_size = number(step_size, "step_size", owner=owner, above=0)
+        learn_step = flag(learn_step, "learn_step", owner=owner)
+        nesterov = flag(nesterov, "nesterov", owner=owner)
+        line_search = choice(line_search, "line_search", owner=owner, valid=("none", "armijo"))
+        armijo_c = number(armijo_c, "armijo_c", owner=owner, above=0, below=1)
+        shrink = number(shrink, "shrink", owner=owner, above=0, below=1)
+        max_backtracks = number(max_backtracks, "max_backtracks", owner=owner, at_least=1,
+                                whole=True)
+        momentum = number(momentum, "momentum", owner=owner, at_least=0, below=1)
+        noise = number(noise, "noise", owner=owner, at_least=0)
+        seed = number(seed, "seed", owner=owner, whole=True)
         if line_search == "armijo" and (momentum or noise):
             raise ValueError("line_search='armijo' cannot be combined with momentum or noise")
-        if noise < 0:
-            raise ValueError(f"gd needs noise (temperature) >= 0, got {noise!r}")
         log_step = torch.tensor(math.log(step_size))
         if learn_step:
             self.log_step = nn.Parameter(log_step)

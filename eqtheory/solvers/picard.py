@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from eqtheory.checks import number, optional_number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.registry import SOLVERS
@@ -29,9 +30,8 @@ class Picard(Solver):
 
     def __init__(self, damping: float = 1.0, step_size: float | None = None) -> None:
         super().__init__()
-        if not 0 < damping <= 1:
-            raise ValueError(f"picard needs 0 < damping <= 1, got {damping!r}")
-        self.damping, self.step_size = float(damping), step_size
+        self.damping = number(damping, "damping", owner="picard", above=0, at_most=1)
+        self.step_size = optional_number(step_size, "step_size", owner="picard", above=0)
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         scale = self.damping * self.step_size_for(problem, self.step_size)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from eqtheory.checks import number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.registry import SOLVERS
@@ -42,11 +43,9 @@ class TestTimeTraining(Solver):
 
     def __init__(self, rank: int = 4, step_size: float = 0.1, init_scale: float = 0.1) -> None:
         super().__init__()
-        if int(rank) != rank or rank < 0:
-            raise ValueError(f"ttt needs a whole number rank >= 0, got {rank!r}")
-        if not step_size > 0:
-            raise ValueError(f"ttt needs step_size > 0, got {step_size!r}")
-        self.rank, self.step_size, self.init_scale = int(rank), float(step_size), init_scale
+        self.rank = number(rank, "rank", owner="ttt", at_least=0, whole=True)
+        self.step_size = number(step_size, "step_size", owner="ttt", above=0)
+        self.init_scale = number(init_scale, "init_scale", owner="ttt")
 
     def init(self, problem: Problem, z0: Tensor) -> tuple[State, int]:
         batch, d = z0.shape[0], z0.shape[-1]
