@@ -12,7 +12,9 @@ proposal ``z0`` through the anchor term (the d f / d theta path the paper's Eq. 
 solve runs without a graph (memory flat in K); the output is
 ``z* - (G(z*) - stopgrad G(z*))`` (value exactly ``z*``) with a hook that replaces the incoming
 gradient by the adjoint solution ``w``. The adjoint is solved by conjugate gradients
-(``∂G/∂z`` is the Hessian, symmetric) or by Anderson on ``w = w - (A w - v)``.
+(``∂G/∂z`` is the Hessian, symmetric) or by Anderson on ``w = w - (A w - v)``; a problem that
+solves its own adjoint system (``problem.solve_adjoint(z*, v)``, e.g. a causal chain's reverse
+recurrence, `eqtheory.chain.ChainProblem`) is used instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from eqtheory.backward.base import BackwardMode, Run
 from eqtheory.backward.linear import conjugate_gradient, fixed_point_adjoint
 from eqtheory.backward.registry import BACKWARD
+from eqtheory.checks import number, optional_number
 from eqtheory.problem import Problem
 from eqtheory.solution import Solution
 
@@ -52,7 +55,9 @@ class Implicit(BackwardMode):
         super().__init__()
         if adjoint not in ("auto", "cg", "fixed_point"):
             raise ValueError(f"adjoint must be 'auto', 'cg' or 'fixed_point', got {adjoint!r}")
-        self.adjoint, self.tol, self.max_iter = adjoint, tol, int(max_iter)
+        self.adjoint = adjoint
+        self.tol = optional_number(tol, "tol", owner="implicit", above=0)
+        self.max_iter = number(max_iter, "max_iter", owner="implicit", at_least=1, whole=True)
 
     def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
         problem.create_graph = False
@@ -80,7 +85,11 @@ class Implicit(BackwardMode):
 
         tol = self.tol if self.tol is not None else torch.finfo(z_star.dtype).eps ** 0.75
 
+        structured = getattr(problem, "solve_adjoint", None)  # e.g. a chain's reverse scan
+
         def adjoint_hook(grad: Tensor) -> Tensor:
+            if structured is not None:
+                return structured(z_star.detach(), grad)
             return linear_solve(transposed_jacobian, grad, tol=tol, max_iter=self.max_iter)
 
         z_out = z_star - (optimality - optimality.detach())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from eqtheory.energies import (  # noqa: F401  (importing a term's file registers it)
     anchor,
     bidir,
+    chain,
     confidence,
     consist,
     double_well,
@@ -29,6 +30,7 @@ from eqtheory.energies.base import (
     as_energy,
 )
 from eqtheory.energies.bidir import Bidir
+from eqtheory.energies.chain import Chain
 from eqtheory.energies.confidence import Confidence
 from eqtheory.energies.consist import Consist
 from eqtheory.energies.double_well import DoubleWell
@@ -53,7 +55,7 @@ def names() -> list[str]:
 
 
 __all__ = [
-    "REGISTRY", "Anchor", "Bidir", "Confidence", "Consist", "Context", "DoubleWell", "Energy",
+    "REGISTRY", "Anchor", "Bidir", "Chain", "Confidence", "Consist", "Context", "DoubleWell", "Energy",
     "EnergyLike", "FunctionEnergy", "LogCosh", "Mask", "Memory", "Quadratic", "Smooth",
     "SumEnergy", "as_energy", "get", "names", "parse", "random_mask", "random_spd",
 ]

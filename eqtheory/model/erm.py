@@ -11,7 +11,17 @@ control) and a backward mode, all through `eqtheory.minimize`. The paper's Eq. 8
 ``solver="gd"`` with ``K`` steps. An optional LayerNorm follows refinement (as in the paper),
 so the output is not exactly the minimiser of ``Phi``.
 
-Refinement is per position, as the paper's math is per token: the solve runs on the ``B * T``
+Refinement is per position for energies whose terms read one position at a time (the paper's
+math is per token), and per sequence for energies with a term that couples positions
+(``couples_positions``, e.g. `eqtheory.energies.Chain`):
+
+* **per sequence, fixed point**: the ``chain`` energy alone with no prior (``gamma = inf``) and a
+  solver of chains (``sequential``, ``newton``, ``quasi_newton``) or of fixed points (``picard``,
+  ``anderson``, ...) solves ``z = F(z)``, ``F(z)_t = g(z_{t-1}, z0_t)``, from ``z0``, where
+  ``grad E = z - F(z)`` (the causal field); the solver's step size is its damping;
+* **per sequence, minimise**: any other energy with a coupling term is minimised over whole
+  sequences ``z: [B, T, d]``;
+* **per position**: otherwise; the solve runs on the ``B * T``
 latents ``z_t: [d]`` as separate samples, so every solver's per-sample arithmetic (Anderson's
 mixing weights, Broyden's inverse Jacobian, TTT's fast weights), every stopping decision and the
 NaN/divergence freeze act on one position at a time, and position ``t`` never reads positions
@@ -23,15 +33,18 @@ is the per-token gradient ``grad_{z_t} Phi``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from eqtheory import stopping
 from eqtheory.api import minimize
+from eqtheory.chain.problem import solve_chain
 from eqtheory.backward.base import BackwardMode
 from eqtheory.energies.anchor import Anchor
 from eqtheory.energies.base import Context, Energy, SumEnergy
+from eqtheory.energies.chain import Chain
 from eqtheory.solution import Solution
 from eqtheory.solvers.base import Solver
 from eqtheory.stopping.base import StopRule
@@ -77,6 +90,7 @@ class ERM(nn.Module):
         super().__init__()
         # Phi = L + anchor; `energy` is registered once, inside `objective`.
         self.objective = SumEnergy([(1.0, energy), (1.0, Anchor(gamma=gamma))])
+        self.gamma = float(gamma)
         self.solver = solver
         self.stop_train = stopping.resolve(stop_train)
         self.stop_eval = stopping.resolve(stop_eval)
@@ -95,6 +109,32 @@ class ERM(nn.Module):
     def set_gamma(self, gamma: float) -> None:
         """Set the prior's ``gamma`` (annealing); no host sync."""
         self.anchor.set_gamma(gamma)
+        self.gamma = float(gamma)
+
+    @property
+    def per_sequence(self) -> bool:
+        """Whether a term of the energy couples positions (then whole sequences are solved)."""
+        from eqtheory.model.eqt import flatten_terms  # eqt imports this module
+
+        return any(getattr(t, "couples_positions", False) for t in flatten_terms(self.energy))
+
+    def chain_fixed_point(self) -> Chain | None:
+        """The `Chain` term when the objective is that chain's fixed point (the chain alone,
+        weight 1, ``gamma = inf``) and the solver solves chains or fixed points; else None."""
+        energy = self.energy
+        if isinstance(energy, SumEnergy) and len(energy.terms) == 1 and energy.weights == [1.0]:
+            energy = energy.terms[0]
+        solves = self.solver.solves
+        if isinstance(energy, Chain) and math.isinf(self.gamma) and (
+            "chain" in solves or "fixed_point" in solves
+        ):
+            return energy
+        if "chain" in solves:
+            raise ValueError(
+                f"solver {self.solver.name!r} solves causal chains: it needs energy='chain' "
+                f"alone and gamma=inf, got energy={energy.spec()!r}, gamma={self.gamma:g}"
+            )
+        return None
 
     def forward(
         self,
@@ -116,15 +156,28 @@ class ERM(nn.Module):
             ``z [B, T, d]`` (refined, then LayerNorm if enabled) and the `Solution`
             (``solution.z [B, T, d]`` is the refined state before the LayerNorm; its
             ``status``, ``steps``, ``fevals`` are per position, ``[B*T]``, and its trace
-            ``[K+1, B*T]``).
+            ``[K+1, B*T]``, or per sequence, ``[B]`` and ``[K+1, B]``, see `per_sequence`).
         """
         if stop is None:
             rule = self.stop_train if self.training else self.stop_eval
         else:
             rule = stopping.resolve(stop)
-        batch, length, width = z0.shape
+        chain = self.chain_fixed_point()
+        if chain is not None:
+            solution = solve_chain(
+                chain.cell, z0, chain.s0.to(z0.dtype), solver=self.solver, stop=rule,
+                backward=self.backward, readout=readout,
+            )
+            return (solution.z if self.norm is None else self.norm(solution.z)), solution
         # what the energy reads that does not change with z: computed once, not once per step
         full_context = self.objective.prepare(z0, {**context, "z0": z0})
+        if self.per_sequence:
+            solution = minimize(
+                self.objective, z0, context=full_context, solver=self.solver, stop=rule,
+                backward=self.backward, readout=readout,
+            )
+            return (solution.z if self.norm is None else self.norm(solution.z)), solution
+        batch, length, width = z0.shape
 
         def per_position_energy(z_flat: Tensor) -> Tensor:
             """``[B*T, d] -> [B*T]``: value = the sequence's total, gradient = per token."""

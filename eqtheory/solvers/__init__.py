@@ -2,14 +2,25 @@
 
 >>> from eqtheory import solvers
 >>> solvers.names()
-['anderson', 'broyden', 'deq', 'diffusion', 'gd', 'picard', 'ttt']
+['anderson', 'broyden', 'deq', 'diffusion', 'gd', 'newton', 'picard', 'quasi_newton', 'sequential', 'ttt']
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from eqtheory.solvers import anderson, broyden, deq, diffusion, gd, picard, ttt  # noqa: F401
+from eqtheory.solvers import (  # noqa: F401  (importing a solver's file registers it)
+    anderson,
+    broyden,
+    deq,
+    diffusion,
+    gd,
+    newton,
+    picard,
+    quasi_newton,
+    sequential,
+    ttt,
+)
 from eqtheory.solvers.anderson import Anderson
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.broyden import Broyden
