@@ -12,7 +12,10 @@ Writes ``DIR/report.md`` and ``DIR/plots/*.png`` from ``DIR/results.sqlite``:
 - convergence traces (mean residual and energy per solver step), steps-taken histograms and
   solver statuses;
 - parameters, function evaluations and FLOPs per token of every series;
-- the paper's Table 2 beside our numbers.
+- the paper's Table 2 beside our numbers;
+- diagnostics of refinement (`section_diagnostics`, from the EqT runs' ``diagnostics`` blocks):
+  displacement, prediction flips against K = 0, per-term gradient norms at ``z0`` and ``z*``,
+  the energy's AUROC for wrong tokens, accuracy against the step budget K.
 
 A *series* is one label and evaluation rule: ``baseline``, ``aux-only``, ``compute-matched``,
 ``eqt steps=8`` (a trained EqT evaluated with its rule), ``eqt steps=0`` (the K = 0 control:
@@ -33,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ablations.config import EXECUTION_FIELDS
-from ablations.store import Row, Store
+from ablations.environment import describe as describe_kernels
+from ablations.store import Row, Store, UnreadableStore
 
 PAPER_LENGTHS = (8, 16, 32, 48, 64, 96, 128, 192, 256)
 PAPER_TABLE2 = {  # per-token accuracy (%), the paper's Table 2 (one run per cell)
@@ -507,6 +511,155 @@ def _section_task(table: Table, plots: Path, out: Path) -> list[str]:
     return lines
 
 
+# -- diagnostics of refinement -------------------------------------------------------------------
+
+
+def _stat(values: list[float | None], *, scale: float = 1.0, digits: str = ".3g") -> str:
+    """``mean ± sd`` of ``scale * values`` over seeds (one value: it alone; none: a dash)."""
+    values = [scale * v for v in values if v is not None]
+    if not values:
+        return "–"
+    cell = Cell(tuple(values))
+    if cell.n < 2:
+        return f"{cell.mean:{digits}}"
+    return f"{cell.mean:{digits}} ± {cell.sd:{digits}}"
+
+
+def _blocks(table: Table, name: str, length: int) -> list[dict[str, Any]]:
+    """The ``diagnostics`` blocks of one series and length, one per seed."""
+    return [ev["diagnostics"] for _, ev in sorted(table.evals[name].get(length, {}).items())
+            if "diagnostics" in ev]
+
+
+def plot_acc_by_k(table: Table, run: str, name: str, path: Path) -> bool:
+    """Accuracy against the step budget K (mean over seeds, sd as error bars), one line per
+    length; ``name`` is one of ``run``'s series."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for length in table.lengths:
+        curves = [block["acc_by_k"] for block in _blocks(table, name, length)]
+        budgets = sorted({int(k) for curve in curves for k in curve})
+        cells = [Cell(tuple(100 * c[str(k)] for c in curves if c.get(str(k)) is not None))
+                 for k in budgets]
+        if not budgets or not all(cell.n for cell in cells):
+            continue
+        axis.errorbar([k + 0.5 for k in budgets], [c.mean for c in cells],
+                      yerr=[c.sd or 0.0 for c in cells], marker="o", capsize=3, label=f"L={length}")
+        drawn = True
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("step budget K + 0.5 (K = 0: no refinement)")
+    axis.set_ylabel("per-token accuracy (%)")
+    axis.set_title(f"{table.task}, {run}: accuracy vs K (mean, sd over seeds)")
+    axis.legend(fontsize=7)
+    _save(figure, path if drawn else None)
+    return drawn
+
+
+def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
+    """The "Diagnostics of refinement" section of one task, from the ``diagnostics`` blocks of
+    the EqT series (`ablations.evaluate`); empty when no run has them."""
+    names = [n for n in table.series() if n.startswith("eqt")
+             and any(_blocks(table, n, length) for length in table.lengths)]
+    if not names:
+        return []
+    lengths = table.lengths
+    sizes = sorted({b["diagnostic_sequences"] for name in names for length in lengths
+                    for b in _blocks(table, name, length)})
+    lines = [f"### Diagnostics of refinement (`{table.task}`)", "",
+             "Every EqT run evaluated with each rule against the same weights at K = 0 "
+             "(`ablations.evaluate`, `eqtheory.diagnostics`); mean ± sd over seeds (n: seeds). "
+             "Per-token energies and gradient norms are measured on the first "
+             f"{' or '.join(map(str, sizes))} test sequences of each run, the rest on the "
+             "whole test set.", ""]
+
+    lines += ["**How far the latents move and which predictions change.** Displacement: "
+              "`||z* - z0|| / ||z0||` per position (%, mean and 90th percentile over positions "
+              "and ERMs). Flips: scored tokens whose correctness changed from K = 0 to the rule "
+              "(% of all scored tokens); net = wrong→right minus right→wrong, the accuracy "
+              "change in points.", ""]
+    body = []
+    for name in names:
+        for length in lengths:
+            blocks = _blocks(table, name, length)
+            if not blocks:
+                continue
+            flips = [b["flips"] for b in blocks]
+            body.append([
+                name, str(length), str(len(blocks)),
+                _stat([b["displacement"]["mean"] for b in blocks], scale=100),
+                _stat([b["displacement"]["q90"] for b in blocks], scale=100),
+                _stat([f["changed"] for f in flips], scale=100),
+                _stat([f["wrong_to_right"] for f in flips], scale=100),
+                _stat([f["right_to_wrong"] for f in flips], scale=100),
+                _stat([f["wrong_to_right"] - f["right_to_wrong"] for f in flips], scale=100,
+                      digits="+.3f"),
+            ])
+    lines += _md_table(["series", "L", "n", "displacement % (mean)", "displacement % (q90)",
+                        "changed %", "wrong→right %", "right→wrong %", "net (points)"], body)
+
+    lines += ["**What drives the motion.** Mean over positions of `||grad_{z_t} w_i E_i||` per "
+              "term of the objective `L + anchor`, at the proposal z0 → at the refined z*; "
+              "`total` is the whole objective's gradient (the step direction; terms can "
+              "cancel).", ""]
+    terms = list(dict.fromkeys(
+        label for name in names for length in lengths for b in _blocks(table, name, length)
+        for label in b["grad_norm"]["z0"]
+    ))
+    body = []
+    for name in names:
+        for length in lengths:
+            blocks = _blocks(table, name, length)
+            if blocks:
+                body.append([name, str(length), str(len(blocks))] + [
+                    f"{_stat([b['grad_norm']['z0'].get(t) for b in blocks], digits='.2g')} → "
+                    f"{_stat([b['grad_norm']['z_star'].get(t) for b in blocks], digits='.2g')}"
+                    for t in terms
+                ])
+    lines += _md_table(["series", "L", "n", *terms], body)
+
+    lines += ["**The energy as an error detector** (the calibration the paper's Theorem 4 "
+              "needs: energy tracking the excess loss). AUROC of the per-token learned energy "
+              "`L` at z* (causal increments, summed over ERMs; no prior) for predicting a wrong "
+              "token; 0.5 = no signal. Beside it the same for the model's own confidence "
+              "`1 - max p`, and the mean per-token energy of right and wrong tokens.", ""]
+    body = []
+    for name in names:
+        for length in lengths:
+            blocks = _blocks(table, name, length)
+            if blocks:
+                body.append([name, str(length), str(len(blocks)),
+                             _stat([b["energy_auroc"] for b in blocks]),
+                             _stat([b["confidence_auroc"] for b in blocks]),
+                             _stat([b["energy_mean"]["right"] for b in blocks]),
+                             _stat([b["energy_mean"]["wrong"] for b in blocks])])
+    lines += _md_table(["series", "L", "n", "energy AUROC", "confidence AUROC", "energy (right)",
+                        "energy (wrong)"], body)
+
+    lines += ["**Accuracy against the step budget K** (%, `steps=K` for K = 0, 1, 2, 4, ..., "
+              "the largest budget among the run's rules).", ""]
+    runs: dict[str, str] = {}  # run (series without its rule) -> its first series with blocks
+    for name in names:
+        runs.setdefault(name.rsplit(" ", 1)[0], name)
+    for run, name in runs.items():
+        budgets = sorted({int(k) for length in lengths for b in _blocks(table, name, length)
+                          for k in b["acc_by_k"]})
+        body = []
+        for length in lengths:
+            blocks = _blocks(table, name, length)
+            if blocks:
+                body.append([run, str(length), str(len(blocks))] + [
+                    _stat([b["acc_by_k"].get(str(k)) for b in blocks], scale=100, digits=".2f")
+                    for k in budgets
+                ])
+        lines += _md_table(["run", "L", "n", *[f"K={k}" for k in budgets]], body)
+        png = plots / f"acc_by_k_{table.task}_{_slug(run)}.png"
+        if plot_acc_by_k(table, run, name, png):
+            lines += [f"![accuracy vs K {run}]({png.relative_to(out)})", ""]
+    return lines
+
+
 def build_report(rows: list[Row], out: Path) -> str:
     """The report's Markdown (plots are written under ``out/plots``)."""
     plots = out / "plots"
@@ -526,6 +679,8 @@ def build_report(rows: list[Row], out: Path) -> str:
               f"- devices: {_distinct([row.device for row in done])}",
               f"- hosts: {_distinct([row.host for row in done])}",
               f"- versions: {_distinct([_version_text(row.versions) for row in done])}",
+              f"- kernels: {_distinct([describe_kernels(row.environment) for row in done])}"
+              " (what decides the kernels: bitwise repeats need the same; docs/reliability.md)",
               f"- git commits: {_distinct([row.git_commit for row in done])}",
               f"- wall time: {train_s:.1f} s summed over runs (train + eval), "
               f"{span:.1f} s from the first start to the last finish",
@@ -543,6 +698,7 @@ def build_report(rows: list[Row], out: Path) -> str:
                         "test", "variant"], body)
     for table in tables(rows):
         lines += _section_task(table, plots, out)
+        lines += section_diagnostics(table, plots, out)
     failed = [row for row in rows if row.status == "failed"]
     if failed:
         lines += ["## Failed runs", ""]
@@ -579,16 +735,44 @@ def write_report(out: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablations.report",
-        description="Write DIR/report.md and DIR/plots/*.png from DIR/results.sqlite.",
+        description="Write DIR/report.md and DIR/plots/*.png from DIR/results.sqlite; or export "
+                    "the results as CSV (--csv); or compare two databases (--compare A B).",
     )
-    parser.add_argument("--out", required=True, help="the sweep's output directory")
+    parser.add_argument("--out", default=None,
+                        help="the sweep's output directory (needed unless --compare)")
+    parser.add_argument("--csv", nargs="?", const="", default=None, metavar="FILE",
+                        help="write one CSV line per run x evaluation rule x length to FILE "
+                             "(default: DIR/results.csv; '-': stdout) instead of the report")
+    parser.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
+                        help="compare two databases (files or output directories) of the same "
+                             "grid cell by cell: B - A with its interval; prints Markdown")
     args = parser.parse_args(argv)
+    if args.compare is None and args.out is None:
+        parser.error("--out DIR is needed (or --compare A B)")
     try:
+        if args.compare is not None:
+            from ablations import compare
+
+            print(compare.main(*args.compare))
+            return 0
+        if args.csv is not None:
+            from ablations import export
+
+            with Store(Path(args.out) / "results.sqlite", readonly=True) as store:
+                rows = store.rows()
+            destination = args.csv or Path(args.out) / "results.csv"
+            count = export.write_csv(rows, destination)
+            if destination != "-":
+                print(f"csv: {destination} ({count} lines)")
+            return 0
         path = write_report(args.out)
+        with Store(Path(args.out) / "results.sqlite") as store:
+            print(summary_table(store.rows()))
     except FileNotFoundError as error:
         parser.error(str(error))
-    with Store(Path(args.out) / "results.sqlite") as store:
-        print(summary_table(store.rows()))
+    except UnreadableStore as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"report: {path}")
     return 0
 

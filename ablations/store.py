@@ -118,6 +118,8 @@ class Row:
 
 def _decode(record: sqlite3.Row) -> Row:
     values = dict(record)
+    for name, _ in ADDED_COLUMNS:  # a file opened read-only may predate them
+        values.setdefault(name, None)
     for key in ("versions", "environment", "timings", "metrics"):
         if values[key] is not None:
             values[key] = json.loads(values[key])

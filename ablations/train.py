@@ -23,9 +23,12 @@ checkpoints (the non-finite-loss check runs there; it names the first bad step).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
+import pickle
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +101,110 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
+
+
+CHECKPOINT_KEYS = {"config", "config_hash", "step", "model", "optimizer", "losses", "rng"}
+
+
+def _set_aside(path: Path, kind: str, reason: str, log: Callable[[str], None]) -> Path:
+    """Rename an unusable checkpoint to ``<name>.<kind>-<time>`` (never loaded again) and warn."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.{kind}-{stamp}")
+    count = 1
+    while aside.exists():
+        count += 1
+        aside = path.with_name(f"{path.name}.{kind}-{stamp}-{count}")
+    os.replace(path, aside)
+    message = f"{path} {reason}; moved to {aside}; training restarts from step 0"
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    log(message)
+    return aside
+
+
+def _refused(error: Exception) -> bool:
+    """Whether `torch.load(weights_only=True)` refused a well-formed pickle that asks for code
+    or objects beyond tensors and plain containers (rather than failing on garbage)."""
+    text = str(error)
+    return isinstance(error, pickle.UnpicklingError) and any(
+        marker in text for marker in ("GLOBAL", "Unsupported class", "allowed global")
+    )
+
+
+def _check_state(state: object, config: RunConfig, model: torch.nn.Module) -> str | None:
+    """What is wrong with a loaded checkpoint's contents (None: it can be loaded)."""
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        return f"does not hold a training checkpoint (keys {keys})"
+    ours = model.state_dict()
+    theirs = state["model"]
+    if not isinstance(theirs, dict) or set(theirs) != set(ours):
+        return "holds weights of another model (parameter names differ)"
+    for name, tensor in ours.items():
+        if not isinstance(theirs[name], torch.Tensor) or theirs[name].shape != tensor.shape:
+            return f"holds weights of another model (parameter {name!r})"
+    losses, step, rng = state["losses"], state["step"], state["rng"]
+    if not (isinstance(losses, torch.Tensor) and losses.shape == (config.train_steps, 2)):
+        return "holds a loss record of another length"
+    if not (isinstance(step, int) and 0 <= step <= config.train_steps):
+        return f"holds step {step!r}, outside 0..{config.train_steps}"
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+            and rng["torch"].dtype == torch.uint8):
+        return "holds no random-generator state"
+    return None
+
+
+def _resume(
+    path: Path,
+    config: RunConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """Load ``path`` into `model` and `optimizer`; returns the checkpoint, or None when there is
+    none or it is unusable.
+
+    An unreadable checkpoint (garbled, truncated, empty, wrong keys or shapes) and one that
+    ``torch.load(weights_only=True)`` refuses are renamed aside (``checkpoint.pt.unreadable-*``
+    / ``checkpoint.pt.refused-*``) with a warning and never loaded; the run starts from scratch,
+    so neither costs it an attempt. A checkpoint of another run raises `CheckpointMismatch`.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (anything torch.load raises: the file is bad)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        if _refused(error):
+            _set_aside(path, "refused", f"was refused by torch.load(weights_only=True) and is "
+                       f"not loaded ({first.strip()})", log)
+        else:
+            _set_aside(path, "unreadable", f"is unreadable ({type(error).__name__}: "
+                       f"{first.strip()[:200]})", log)
+        return None
+    if isinstance(state, dict) and state.get("config_hash", config.hash()) != config.hash():
+        raise CheckpointMismatch(
+            f"{path} belongs to run {state['config_hash']}, not {config.hash()}; "
+            "remove it or use another workdir"
+        )
+    problem = _check_state(state, config, model)
+    if problem is not None:
+        _set_aside(path, "unreadable", problem, log)
+        return None
+    fresh_model = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    fresh_optimizer = copy.deepcopy(optimizer.state_dict())
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+    except Exception as error:  # noqa: BLE001  (an inconsistent file: start from scratch)
+        model.load_state_dict(fresh_model)
+        optimizer.load_state_dict(fresh_optimizer)
+        _set_aside(path, "unreadable", f"could not be loaded ({type(error).__name__}: "
+                   f"{str(error).strip()[:200]})", log)
+        return None
+    return state
 
 
 def train_run(
@@ -175,18 +282,10 @@ def train_run(
     step = last_checkpoint = 0
     losses = torch.zeros(config.train_steps, 2, device=device)  # (loss, nll) per step
     path = workdir / CHECKPOINT
-    if path.exists():
-        state = torch.load(path, map_location=device, weights_only=True)
-        if state["config_hash"] != config.hash():
-            raise CheckpointMismatch(
-                f"{path} belongs to run {state['config_hash']}, not {config.hash()}; "
-                "remove it or use another workdir"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = _resume(path, config, model, optimizer, device=device, log=log)
+    if state is not None:
         losses = state["losses"].to(device)
         step = last_checkpoint = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
         log(f"resumed from {path} at step {step}")
 
     def checkpoint(done: int) -> None:
