@@ -8,8 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from eqtheory import backward as backward_modes
-from eqtheory import checks
-from eqtheory import solvers, stopping
+from eqtheory import checks, solvers, stopping
 from eqtheory.backward.base import BackwardMode
 from eqtheory.energies.base import Context, EnergyLike, as_energy
 from eqtheory.loop import DEFAULT_MAX_STEPS, iterate

@@ -107,6 +107,10 @@ def iterate(
         )
     if z0.dim() < 1 or z0.shape[0] == 0:
         raise ValueError(f"z0 must have shape [B, ...] with B >= 1, got {list(z0.shape)}")
+    if not problem.create_graph and torch.is_grad_enabled() and any(
+        p.requires_grad for p in solver.parameters()
+    ):  # a learned solver parameter (gd's learn_step) is differentiated through every step
+        problem.create_graph = True
     has_energy = isinstance(problem, MinimizeProblem)
     batch, device = z0.shape[0], z0.device
     readout = readout or (lambda z: z)

@@ -57,6 +57,12 @@ class Problem:
         plain callables are assumed to (their closures cannot be inspected)."""
         raise NotImplementedError
 
+    def needs_graph(self, z0: Tensor) -> bool:
+        """Whether a solve from ``z0`` must record an autograd graph: grad mode is on and ``z0``
+        or something the problem reads requires a gradient. Otherwise the loop keeps no graph
+        across steps (memory flat in the step count) and returns a plain tensor."""
+        return torch.is_grad_enabled() and (z0.requires_grad or self.has_trainable())
+
     def value(self, z: Tensor) -> Tensor:
         """``[B]`` energy without the gradient (line searches); fixed points have none."""
         raise NotImplementedError(f"a {self.kind} problem has no energy value")
@@ -90,6 +96,18 @@ class MinimizeProblem(Problem):
             return True
         tensors = [*self.energy.parameters(), *(self.context or {}).values()]
         return any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+
+    def needs_graph(self, z0: Tensor) -> bool:
+        """As `Problem.needs_graph`; a plain callable's closure cannot be inspected, so it is
+        probed once: its value at ``z0.detach()`` requires a gradient exactly when it reads a
+        tensor that does (a closure over a parameter). One extra evaluation, only for plain
+        callables, only with grad mode on and ``z0`` not requiring a gradient."""
+        if not torch.is_grad_enabled() or z0.requires_grad:
+            return torch.is_grad_enabled()
+        if not isinstance(self.energy, FunctionEnergy):
+            return self.has_trainable()
+        with torch.enable_grad():
+            return self.value(z0.detach()).requires_grad
 
     def value(self, z: Tensor) -> Tensor:
         return check_per_sample(self.energy(z, self.context), z, what="the energy")
@@ -129,6 +147,20 @@ class FixedPointProblem(Problem):
         if isinstance(self.f, torch.nn.Module):
             return any(p.requires_grad for p in self.f.parameters())
         return True
+
+    def needs_graph(self, z0: Tensor) -> bool:
+        """As `Problem.needs_graph`; a plain callable ``f`` (not an `nn.Module`, no ``args``
+        that require a gradient) is probed once: ``f(z0.detach(), *args)`` requires a gradient
+        exactly when ``f`` reads a tensor that does (a closure over a parameter)."""
+        if not torch.is_grad_enabled() or z0.requires_grad:
+            return torch.is_grad_enabled()
+        if not self.has_trainable():
+            return False
+        if isinstance(self.f, torch.nn.Module) or any(a.requires_grad for a in self.args or ()):
+            return True
+        with torch.enable_grad():
+            fz = self.f(z0.detach()) if self.args is None else self.f(z0.detach(), *self.args)
+        return bool(getattr(fz, "requires_grad", True))  # not a tensor: `evaluate` says so
 
     def restrict(self, rows: Tensor) -> FixedPointProblem:
         if self.args is None:

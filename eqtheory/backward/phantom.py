@@ -40,7 +40,7 @@ class Phantom(BackwardMode):
         problem.create_graph = False
         with torch.no_grad():
             solution = run(problem, z0.detach())
-        if not torch.is_grad_enabled():
+        if not problem.needs_graph(z0):
             return solution
         eta = problem.default_step_size if self.step_size is None else self.step_size
         z_star = solution.z.detach()

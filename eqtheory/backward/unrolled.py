@@ -2,12 +2,12 @@
 
 Memory grows linearly with the number of steps; exact gradient of the truncated computation
 (what the paper uses for K <= 16). No graph is built when gradients are off or nothing the
-solve reads requires a gradient.
+solve reads requires a gradient (`Problem.needs_graph`; a plain callable is probed once at
+``z0``): the loop then keeps nothing across steps and returns a plain tensor.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from eqtheory.backward.base import BackwardMode, Run
@@ -23,7 +23,5 @@ class Unrolled(BackwardMode):
     name = "unrolled"
 
     def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
-        problem.create_graph = torch.is_grad_enabled() and (
-            z0.requires_grad or problem.has_trainable()
-        )
+        problem.create_graph = problem.needs_graph(z0)
         return run(problem, z0)
