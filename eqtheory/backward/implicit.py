@@ -63,7 +63,7 @@ class Implicit(BackwardMode):
         problem.create_graph = False
         with torch.no_grad():
             solution = run(problem, z0.detach())
-        if not torch.is_grad_enabled():
+        if not problem.needs_graph(z0):
             return solution
         z_star = solution.z.detach().requires_grad_()
         problem.create_graph = True
