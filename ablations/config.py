@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,15 @@ from eqtheory.variants import VariantSpec
 Task = Literal["parity", "parity_final"]
 TASKS = ("parity", "parity_final")
 EXECUTION_FIELDS = frozenset({"device", "amp", "compile", "checkpoint_every", "eval_batch_size"})
+DEVICES = ("auto", "cpu", "cuda")
+# field: (smallest value, type); float fields must also be finite
+LIMITS: dict[str, tuple[float, type]] = {
+    "length": (1, int), "seed": (0, int), "layers": (1, int), "width": (1, int),
+    "heads": (1, int), "train_size": (1, int), "test_size": (1, int), "train_steps": (0, int),
+    "batch_size": (1, int), "lr": (0, float), "weight_decay": (0, float),
+    "warmup_steps": (0, int), "checkpoint_every": (0, int), "eval_batch_size": (1, int),
+}
+POSITIVE = frozenset({"lr"})  # float fields that must be > 0, not >= 0
 
 
 @dataclass(frozen=True)
@@ -36,9 +46,18 @@ class RunConfig:
             schedule after a linear warm-up (paper: lr 3e-4, wd 0.01, batch 256, clip 1.0).
         eval_stops: stopping rules evaluated at test time for EqT (``steps=0`` is the K = 0
             control: same model, no refinement); baselines evaluate once.
+        eval_lengths: further test lengths (length generalisation): the trained model is also
+            evaluated on a test set of each of these lengths (``metrics["evals_by_length"]``).
         device: ``auto``, ``cpu`` or ``cuda``; ``amp``: bf16 autocast on CUDA; ``compile``:
             ``torch.compile`` the backbone.
-        checkpoint_every: optimizer steps between checkpoints.
+        checkpoint_every: optimizer steps between checkpoints (0: only at the end).
+
+    Every value is checked when the config is made (`ValueError` naming the field): sizes are
+    whole numbers >= 1 (``train_steps``, ``warmup_steps``, ``checkpoint_every``, ``seed``:
+    >= 0), ``width`` divisible by ``heads``, ``train_size >= batch_size`` (unless
+    ``fresh_sampling``), ``lr`` finite and > 0, ``weight_decay`` finite and >= 0,
+    ``grad_clip`` > 0 (inf: no clipping). What a config costs is checked by the runner
+    (`ablations.validate`).
     """
 
     variant: VariantSpec = field(default_factory=VariantSpec)
@@ -58,6 +77,7 @@ class RunConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 20
     eval_stops: tuple[str, ...] = ("steps=0", "steps=8", "steps=32")
+    eval_lengths: tuple[int, ...] = ()
     device: str = "cpu"
     amp: bool = False
     compile: bool = False
@@ -65,14 +85,48 @@ class RunConfig:
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
+        if not isinstance(self.variant, VariantSpec):
+            raise TypeError(f"variant must be a VariantSpec, got {type(self.variant).__name__}")
         if self.task not in TASKS:
             raise ValueError(did_you_mean(self.task, list(TASKS), kind="task"))
-        if self.length < 1 or self.train_steps < 0 or self.batch_size < 1:
-            raise ValueError("length and batch_size must be >= 1 and train_steps >= 0")
+        for name, (low, kind) in LIMITS.items():
+            value = getattr(self, name)
+            if kind is int and (type(value) is not int or value < low):
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+            if kind is float and not (
+                type(value) in (int, float) and math.isfinite(value)
+                and (value > low if name in POSITIVE else value >= low)
+            ):
+                bound = "> 0" if name in POSITIVE else f">= {low}"
+                raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        if type(self.grad_clip) not in (int, float) or not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 (inf: no clipping), got {self.grad_clip!r}")
+        for name in ("fresh_sampling", "amp", "compile"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.width % self.heads:
+            raise ValueError(
+                f"width {self.width} must be divisible by heads {self.heads} "
+                f"(each head gets width / heads dims)"
+            )
+        if not self.fresh_sampling and self.train_size < self.batch_size:
+            raise ValueError(
+                f"train_size {self.train_size} < batch_size {self.batch_size}: a batch needs "
+                "that many training sequences (or set fresh_sampling)"
+            )
+        if self.device not in DEVICES:
+            raise ValueError(did_you_mean(str(self.device), list(DEVICES), kind="device"))
+        if not self.eval_stops or any(
+            not isinstance(rule, str) or not rule.strip() for rule in self.eval_stops
+        ):
+            raise ValueError(f"eval_stops must be non-empty rule strings, got {self.eval_stops!r}")
+        if any(type(n) is not int or n < 1 for n in self.eval_lengths):
+            raise ValueError(f"eval_lengths must be whole numbers >= 1, got {self.eval_lengths!r}")
 
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["eval_stops"] = list(self.eval_stops)
+        values["eval_lengths"] = list(self.eval_lengths)
         return values
 
     @classmethod
@@ -85,12 +139,16 @@ class RunConfig:
         values = dict(values)
         if isinstance(values.get("variant"), dict):
             values["variant"] = VariantSpec.from_dict(values["variant"])
-        if "eval_stops" in values:
-            values["eval_stops"] = tuple(values["eval_stops"])
+        for key in ("eval_stops", "eval_lengths"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def hash(self) -> str:
-        """16 hex digits of sha256 over the canonical JSON of the non-execution fields."""
+        """16 hex digits of sha256 over the canonical JSON of the non-execution fields
+        (``eval_lengths`` only when given, so that configs without it keep their hash)."""
         values = {k: v for k, v in self.as_dict().items() if k not in EXECUTION_FIELDS}
+        if not self.eval_lengths:
+            del values["eval_lengths"]
         canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -8,8 +8,17 @@ Every variant flag takes comma-separated values (commas inside parentheses belon
 ``--solver "gd(momentum=0.9),anderson"``); the grid is the product of variants x tasks x lengths
 x seeds, plus the control runs of every EqT run. Evaluation rules (``--stop``/``--k-eval``) are
 not a grid axis: every trained EqT model is evaluated with each of them and with ``steps=0``
-(the K = 0 control). Everything is checked before anything runs; bad values exit with code 2
-and a did-you-mean message. Re-running the same command resumes: finished runs are skipped.
+(the K = 0 control). Re-running the same command resumes: finished runs are skipped.
+
+Everything is checked before anything runs or is written: a bad value exits with code 2 and
+one line on stderr (a did-you-mean where there is a name to guess; a long value echoed once,
+cut to 200 characters). Checked up front: names and options of every component (the solver and
+backward mode are constructed, the energy built with small dims, the stopping rules parsed),
+numbers (finite, in range), the run config (`RunConfig` checks its fields), ``--out`` (not a
+file, creatable), ``--device cuda`` (a GPU is there), and the caps of `ablations.validate`:
+flag values of at most 1,000 characters, at most 10,000 seeds and 10,000 runs, about 1e8
+sequential block/solver passes and 1e19 FLOPs per sweep, 64 GiB per run (the estimate is in
+the message; ``--force`` lifts the runs, passes, FLOPs and memory caps).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -29,15 +39,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ablations import presets
+from ablations import presets, validate
 from ablations.config import TASKS, RunConfig
 from ablations.executors import EXECUTORS
 from ablations.store import DEFAULT_LEASE_S, Store, UnreadableStore, check_lease, unreadable
 from eqtheory import stopping
-from eqtheory.backward.registry import BACKWARD
 from eqtheory.registry import did_you_mean
-from eqtheory.solvers.registry import SOLVERS
-from eqtheory.variants import PLACEMENTS, VariantSpec, component, energy_terms
+from eqtheory.variants import PLACEMENTS, VariantSpec, energy_terms
 
 BASELINE, EQT, AUX_ONLY, MATCHED = "baseline", "eqt", "aux-only", "compute-matched"
 LABELS = (BASELINE, EQT, AUX_ONLY, MATCHED)
@@ -51,6 +59,22 @@ DEFAULT = VariantSpec()
 
 class CliError(ValueError):
     """A bad flag value; reported through ``parser.error`` (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line (exit code 2): ``prog: error: message``,
+    long values of the command line echoed once and cut (`validate.one_line`)."""
+
+    echo: list[str] = []
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        self.echo = [part for item in argv for part in (item, *re.split(r"[,=]", item))]
+        return super().parse_args(argv, namespace)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        line = validate.one_line(message, self.echo)
+        self.exit(2, f"{self.prog}: error: {line} (see --help)\n")
 
 
 def split_values(text: str) -> list[str]:
@@ -75,9 +99,16 @@ def parse_seeds(text: str) -> list[int]:
     for part in split_values(text):
         first, dash, last = part.partition("-")
         try:
-            seeds += list(range(int(first), int(last) + 1)) if dash else [int(part)]
+            bounds = (int(first), int(last)) if dash else (int(part), int(part))
         except ValueError:
             raise CliError(f"--seeds: {part!r} is not a seed or a range like 0-4") from None
+        try:
+            validate.seed_count(*bounds)
+        except ValueError as error:
+            raise CliError(f"--seeds: {error}") from None
+        seeds += range(bounds[0], bounds[1] + 1)
+        if len(seeds) > validate.MAX_SEEDS:
+            raise CliError(f"--seeds: more than {validate.MAX_SEEDS:,} seeds in {text!r}")
     return list(dict.fromkeys(seeds))
 
 
@@ -137,7 +168,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m ablations.run",
         description=(
             "Train a grid of parity runs (variants x tasks x lengths x seeds, plus controls), "
@@ -146,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
             "resumes (done runs are skipped; interrupted ones restart from their checkpoint)."
         ),
         epilog="presets: "
-        + "; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values()),
+        + "; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values())
+        + ". Caps, checked before anything runs: flag values of at most "
+        f"{validate.MAX_VALUE_CHARS:,} characters, at most {validate.MAX_SEEDS:,} seeds and "
+        f"{validate.MAX_RUNS:,} runs, about {validate.MAX_PASSES:.0e} sequential block/solver "
+        f"passes and {validate.MAX_FLOPS:.0e} FLOPs per sweep, "
+        f"{validate.MAX_RUN_BYTES // 2**30} GiB of memory per run (estimates; --force lifts "
+        "all but the first two).",
     )
     add = parser.add_argument
     add("--preset", default="smoke",
@@ -193,14 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a run config field (repeatable), e.g. --set train_steps=100 --set "
              "width=32; values are JSON (default: none)")
-    add("--out", default=None, help="output directory (default: runs/<preset>)")
+    add("--out", default=None,
+        help="output directory; refused if it is a file or cannot be created (default: "
+             "runs/<preset>)")
     add("--executor", default="local", choices=EXECUTORS,
         help="local: sequential in this process; ray: runs as Ray tasks (pip install ray), "
              "one GPU per run where there are GPUs (default: local)")
     add("--threads", type=int, default=1,
-        help="torch CPU threads per run; 0 = torch's default (one per core). Small models "
-             "gain little from more, and a busy machine makes torch's spinning threads up to "
-             "20x slower (default: 1)")
+        help="torch CPU threads per run, at most 256; 0 = torch's default (one per core). "
+             "Small models gain little from more, and a busy machine makes torch's spinning "
+             "threads up to 20x slower (default: 1)")
     add("--ray-address", default=None,
         help="Ray cluster address for --executor ray (default: start a local instance)")
     add("--retries", type=int, default=1,
@@ -212,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the grid (marking runs already done) and exit; writes nothing (default: off)")
     add("--no-report", action="store_true",
         help="skip writing the report at the end (default: the report is written)")
+    add("--force", action="store_true",
+        help="run a sweep above the caps on runs, compute and memory per run (listed below); "
+             "the estimate is in the refusal's message (default: off)")
     return parser
 
 
@@ -225,16 +267,34 @@ class Plan:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    """Turn parsed flags into the run grid, checking every value (raises `CliError`)."""
+    """Turn parsed flags into the run grid, checking every value (raises `CliError`).
+
+    Checks, in order: value lengths and empty values, the preset, counts, ``--set`` (a whole
+    `RunConfig`), every value of every variant flag (each alone, then every combination), the
+    device, ``--out``, and what the sweep would cost (`ablations.validate`)."""
+    for dest, value in vars(args).items():
+        flag = "--set" if dest == "overrides" else "--" + dest.replace("_", "-")
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    validate.check_value_length(flag, text)
+                except ValueError as error:
+                    raise CliError(str(error)) from None
+                if not text.strip() and dest != "out":
+                    raise CliError(f"{flag}: empty value")
     try:
         preset = presets.get(args.preset)
     except ValueError as error:
         raise CliError(f"--preset: {error}") from None
     if args.retries < 0:
         raise CliError("--retries must be >= 0")
-    if args.threads < 0:
-        raise CliError("--threads must be >= 0")
+    if not 0 <= args.threads <= validate.MAX_THREADS:
+        raise CliError(f"--threads must be in 0..{validate.MAX_THREADS}, got {args.threads}")
     overrides = {**preset.config, **parse_overrides(args.overrides)}
+    try:
+        RunConfig(**{**overrides, "device": args.device})
+    except (ValueError, TypeError) as error:
+        raise CliError(f"--set: {error}") from None
 
     def rules(flag: str, text: str | None, k_flag: str, k_text: str | None) -> list[str] | None:
         values = checked(flag, split_values(text), stopping.parse) if text else []
@@ -245,24 +305,30 @@ def plan(args: argparse.Namespace) -> Plan:
             values += [f"steps={k}" for k in ks]
         return list(dict.fromkeys(values)) or None
 
+    def field(name: str) -> Callable[[Any], Any]:
+        """Check one value of a variant field alone (the other fields at their defaults)."""
+        return lambda value: VariantSpec(**{name: value})
+
     stops = rules("--stop", args.stop, "--k-eval", args.k_eval) or list(preset.stops)
     stop_trains = rules("--stop-train", args.stop_train, "--k-train", args.k_train) or [
         preset.stop_train
     ]
+    checked("--stop", stops, field("stop_eval"))
+    checked("--stop-train", stop_trains, field("stop_train"))
     axes = {
         "energy": checked("--energy", split_values(args.energy), check_energy),
-        "solver": checked("--solver", split_values(args.solver),
-                          lambda text: component(text, SOLVERS)),
-        "alpha": numbers("--alpha", args.alpha, float),
+        "solver": checked("--solver", split_values(args.solver), field("solver")),
+        "alpha": checked("--alpha", numbers("--alpha", args.alpha, float), field("alpha")),
         "stop_train": stop_trains,
-        "backward": checked("--backward", split_values(args.backward),
-                            lambda text: component(text, BACKWARD)),
+        "backward": checked("--backward", split_values(args.backward), field("backward")),
         "placement": checked("--placement", split_values(args.placement), _placement),
-        "gamma": numbers("--gamma", args.gamma, float),
-        "beta": numbers("--beta", args.beta, float),
+        "gamma": checked("--gamma", numbers("--gamma", args.gamma, float), field("gamma")),
+        "beta": checked("--beta", numbers("--beta", args.beta, float), field("beta")),
     }
-    tasks = checked("--task", split_values(args.task), _task)
+    axes = {name: list(dict.fromkeys(values)) for name, values in axes.items()}
+    tasks = list(dict.fromkeys(checked("--task", split_values(args.task), _task)))
     lengths = numbers("--lengths", args.lengths, int) if args.lengths else list(preset.lengths)
+    lengths = list(dict.fromkeys(lengths))
     if any(length < 1 for length in lengths):
         raise CliError("--lengths: lengths must be >= 1")
     seeds = parse_seeds(args.seeds) if args.seeds else list(preset.seeds)
@@ -270,6 +336,22 @@ def plan(args: argparse.Namespace) -> Plan:
         controls = preset.controls
     else:
         controls = presets.CONTROLS if args.controls else ()
+    eqt_runs = len(tasks) * len(lengths) * len(seeds) * math.prod(map(len, axes.values()))
+    if eqt_runs > validate.MAX_RUNS and not args.force:
+        raise CliError(f"the grid has {eqt_runs:,} EqT runs before controls; at most "
+                       f"{validate.MAX_RUNS:,} (or pass --force)")
+    if args.device == "cuda" and args.executor == "local":
+        try:
+            validate.check_device(args.device)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    try:
+        out = validate.check_out(
+            str(Path("runs") / preset.name) if args.out is None else args.out,
+            writing=not args.dry_run,
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from None
 
     variants = []
     for values in itertools.product(*axes.values()):
@@ -281,13 +363,23 @@ def plan(args: argparse.Namespace) -> Plan:
     eval_stops = tuple(dict.fromkeys(["steps=0", *stops]))
 
     runs: dict[str, tuple[str, RunConfig]] = {}
+    total = validate.Cost()
 
     def add(label: str, **fields: Any) -> RunConfig:
+        nonlocal total
         try:
             config = RunConfig(**{**overrides, "device": args.device, **fields})
         except (ValueError, TypeError) as error:
             raise CliError(f"run config: {error}") from None
-        runs.setdefault(config.hash(), (label, config))
+        if config.hash() not in runs:
+            cost = validate.estimate(config)
+            if not args.force:
+                try:
+                    validate.check_run_memory(describe(label, config), cost)
+                except ValueError as error:
+                    raise CliError(str(error)) from None
+            total += cost
+            runs[config.hash()] = (label, config)
         return config
 
     for task, length, seed, variant in itertools.product(tasks, lengths, seeds, variants):
@@ -304,7 +396,11 @@ def plan(args: argparse.Namespace) -> Plan:
         if MATCHED in controls:
             add(MATCHED, variant=VariantSpec(kind="baseline"), eval_stops=("steps=0",),
                 layers=_matched_layers(eqt), **common)
-    out = Path(args.out) if args.out else Path("runs") / preset.name
+    if not args.force:
+        try:
+            validate.check_sweep(len(runs), total)
+        except ValueError as error:
+            raise CliError(str(error)) from None
     return Plan(preset=preset, out=out, runs=list(runs.values()))
 
 

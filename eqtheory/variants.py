@@ -2,8 +2,11 @@
 
 ``VariantSpec.hash()`` is stable across processes and versions of Python (sha256 of the
 canonical JSON of the fields); ``VariantSpec.parse(spec.to_string()) == spec``. A spec checks
-its values and component names when it is made (bad ones raise with the valid ones listed),
-without building anything. `build` turns a spec into a model (`eqtheory.model`).
+its values and component names when it is made (bad ones raise with the valid ones listed):
+numbers are finite where they must be, the solver (with step size ``alpha``) and the backward
+mode are constructed once so that their constructors check their options, the stopping rules
+are parsed and the energy's terms, options and weights are checked (the energy itself needs the
+model's sizes and is built by `build`).
 
 Component fields are spec strings: ``solver="gd(momentum=0.9)"``, ``backward="phantom(k=2)"``,
 ``stop_eval="residual<1e-4|steps=32"``, ``energy="bidir=8+0.5*mask"``. The solver's step size
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -70,6 +74,10 @@ class VariantSpec:
     aux_losses_only: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("alpha", "gamma", "anneal_fraction", "beta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if self.kind not in KINDS:
             raise ValueError(did_you_mean(self.kind, list(KINDS), kind="variant kind"))
         if self.placement not in PLACEMENTS:
@@ -84,19 +92,26 @@ class VariantSpec:
             raise ValueError("gamma_start anneals towards a finite gamma; gamma is inf")
         if not 0 < self.anneal_fraction <= 1:
             raise ValueError(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha (the solver's step size) must be > 0, got {self.alpha!r}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta (the energy's weight in the loss) must be >= 0: {self.beta!r}")
+        if not 0 < self.alpha < math.inf:
+            raise ValueError(
+                f"alpha (the solver's step size) must be finite and > 0, got {self.alpha!r}"
+            )
+        if not 0 <= self.beta < math.inf:
+            raise ValueError(
+                f"beta (the energy's weight in the loss) must be finite and >= 0, "
+                f"got {self.beta!r}"
+            )
         if self.kind == "baseline" and self.aux_losses_only:
             raise ValueError(
                 "aux_losses_only needs kind='eqt': it trains the variant's energy as an auxiliary "
                 "loss on the un-refined state (kind='baseline' has no energy)"
             )
-        options = component(self.solver, SOLVERS)[1]
+        solver_cls, options = component(self.solver, SOLVERS)
         if "step_size" in options:
             raise ValueError(f"give the solver's step size as alpha, not in solver={self.solver!r}")
-        component(self.backward, BACKWARD)
+        construct(f"solver {self.solver!r}", solver_cls, step_size=self.alpha, **options)
+        backward_cls, options = component(self.backward, BACKWARD)
+        construct(f"backward mode {self.backward!r}", backward_cls, **options)
         for rule in (self.stop_train, self.stop_eval):
             stopping.parse(rule)
         energy_terms(self.energy)
@@ -154,7 +169,35 @@ def component(text: str, registry: Registry) -> tuple[type, dict[str, Any]]:
         raise SpecError(f"write {registry.kind} options as {term.name}(key=value), not {text!r}")
     cls = registry.get(term.name, context=text)
     check_options(cls, term.options, kind=registry.kind, name=term.name)
+    check_option_types(cls, term.options, kind=registry.kind, name=term.name)
     return cls, dict(term.options)
+
+
+def check_option_types(cls: type, options: dict[str, Any], *, kind: str, name: str) -> None:
+    """Reject an option whose value cannot be of its default's type: a word or a boolean for a
+    numeric option (``gd(momentum=abc)``), anything but true/false for a boolean one."""
+    params = inspect.signature(cls).parameters
+    for key, value in options.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if isinstance(default, bool):
+            wrong = not isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            wrong = not isinstance(value, (int, float)) or isinstance(value, bool)
+        else:
+            continue
+        if wrong:
+            raise ValueError(
+                f"option {key!r} of {kind} {name!r} takes a {type(default).__name__} "
+                f"(default {default!r}), got {value!r}"
+            )
+
+
+def construct(what: str, cls: type, **options: Any) -> Any:
+    """``cls(**options)``, its constructor's checks reported as a `ValueError` naming `what`."""
+    try:
+        return cls(**options)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"{what}: {error}") from None
 
 
 def energy_terms(text: str) -> list[type]:

@@ -2,14 +2,15 @@
 
 Grammar (see `eqtheory.spec`): ``sum := [weight '*'] term ('+' [weight '*'] term)*`` where a
 term is ``name``, ``name(key=value,...)`` or ``name=value`` (the term's primary option, e.g.
-``anchor=10`` for ``gamma = 10``). Keyword ``dims`` (one of `BUILD_DIMS`: ``dim``, ``vocab``,
-``window``) are shared sizes, passed to every term whose constructor takes them; any other
-keyword is an error.
+``anchor=10`` for ``gamma = 10``); weights are finite and >= 0 (``0*term`` switches it off).
+Keyword ``dims`` (one of `BUILD_DIMS`: ``dim``, ``vocab``, ``window``) are shared sizes, passed
+to every term whose constructor takes them; any other keyword is an error.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from eqtheory.energies.base import Energy, SumEnergy
@@ -27,8 +28,9 @@ def _accepts(cls: type, key: str) -> bool:
 def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
     """Validate an energy spec without building anything: ``[(weight, class, options)]``.
 
-    Checks the names (did-you-mean), the options against each constructor, and the
-    ``name=value`` primary-option form."""
+    Checks the names (did-you-mean), the options against each constructor, the
+    ``name=value`` primary-option form, and the weights: finite and >= 0 (a weight of 0 keeps
+    the term, with its parameters, but switches it off)."""
     if not text or not text.strip():
         raise SpecError("empty energy spec; e.g. 'bidir+0.1*memory'")
     tokens = Tokens(text)
@@ -39,6 +41,11 @@ def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
         if token is not None and token[0] == "number":
             weight = float(tokens.value())
             tokens.take("op", "*")
+            if not 0 <= weight < math.inf:
+                raise SpecError(
+                    f"energy weight {token[1]} at position {token[2]} in {text!r} must be finite "
+                    "and >= 0 (0 keeps the term but switches it off)"
+                )
         term = tokens.term()
         cls = ENERGIES.get(term.name, context=text)
         options = dict(term.options)
