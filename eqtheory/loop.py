@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from eqtheory.energies.base import Energy
-from eqtheory.problem import MinimizeProblem, Problem, batch_norm
+from eqtheory.problem import Guard, MinimizeProblem, Problem, batch_norm
 from eqtheory.solution import Solution
 from eqtheory.solvers.base import Solver, State
 from eqtheory.status import Status
@@ -111,6 +111,7 @@ def iterate(
         p.requires_grad for p in solver.parameters()
     ):  # a learned solver parameter (gd's learn_step) is differentiated through every step
         problem.create_graph = True
+    graph = problem.create_graph and torch.is_grad_enabled()
     has_energy = isinstance(problem, MinimizeProblem)
     batch, device = z0.shape[0], z0.device
     readout = readout or (lambda z: z)
@@ -163,7 +164,14 @@ def iterate(
             work = problem.restrict(rows)
             trace.compact(keep)
         width = active.shape[0]
-        new, spent = solver.step(work, state)
+        guard = None
+        if graph:  # keep samples with a non-finite evaluation out of the graph (double where)
+            guard = Guard(_plain(state["z"]), None if running == width else ~active)
+        work.guard = guard
+        try:
+            new, spent = solver.step(work, state)
+        finally:
+            work.guard = None
         if isinstance(spent, int):
             batch_fevals += spent * width
             fevals = fevals + (active if spent == 1 else spent * active)
@@ -174,6 +182,8 @@ def iterate(
         running_before = active
         new_norm = batch_norm(_plain(new["z"]))
         ok = _finite(new, new_norm, has_energy)
+        if guard is not None and guard.flagged is not None:
+            ok = ok & ~guard.flagged
         accept = active & ok & (new_norm <= bound)
         residual = batch_norm(_plain(new["z"] - state["z"]))
         relative = residual / (z_norm + 1e-12)

@@ -10,6 +10,7 @@ energies "through the gradient map", and one implicit backward serves both probl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -40,12 +41,77 @@ def batch_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
 
 
+class Guard:
+    """Keeps samples whose evaluation is not finite out of a recorded graph (the double-``where``
+    pattern); the loop installs one as `Problem.guard` for each step that records a graph.
+
+    A sample evaluated at a non-finite point, or whose energy or ``G`` comes out non-finite,
+    would carry NaN into autograd even though the loop rejects its step (``where`` sends it a
+    zero gradient, but ``0 * NaN`` is NaN in the backward of the batched evaluation, and every
+    parameter's gradient sums over the batch). So `evaluate` evaluates such a sample at its
+    ``safe`` iterate instead, detached (the loop's last accepted iterate, whose evaluation was
+    finite), and marks it in `flagged`; the loop rejects flagged samples (``NONFINITE``) and
+    freezes them with a second ``where``. Samples in ``skip`` (already stopped: their steps are
+    discarded) are always evaluated at ``safe``.
+
+    Args:
+        safe: ``[B, *S]`` detached iterates with a finite evaluation.
+        skip: ``[B]`` bool, or None when every sample is running.
+    """
+
+    def __init__(self, safe: Tensor, skip: Tensor | None) -> None:
+        self.safe, self.skip = safe, skip
+        self.flagged: Tensor | None = None
+        """``[B]`` bool: samples evaluated at ``safe`` because their own evaluation was not
+        finite (None: none so far)."""
+
+    def evaluate(self, problem: Problem, z: Tensor) -> Evaluation:
+        """``problem.evaluate(z)``, with the samples in ``skip`` or `flagged` at ``safe``."""
+        if z.shape != self.safe.shape:  # not an iterate of the working batch
+            return problem.evaluate(z)
+        swap = _union(self.skip, self.flagged)
+        evaluation = problem.evaluate(self._swapped(z, swap))
+        bad = ~_finite_rows(z, evaluation)
+        if swap is not None:
+            bad = bad & ~swap
+        if bool(bad.any()):  # evaluate again, the new bad samples at their safe iterate
+            self.flagged = _union(self.flagged, bad)
+            evaluation = problem.evaluate(self._swapped(z, _union(swap, bad)))
+        return evaluation
+
+    def _swapped(self, z: Tensor, rows: Tensor | None) -> Tensor:
+        """``z`` with the samples ``rows`` (``[B]`` bool; None: none) at their safe iterate."""
+        if rows is None:
+            return z
+        return torch.where(rows.view((z.shape[0],) + (1,) * (z.dim() - 1)), self.safe, z)
+
+
+def _union(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a | b`` of ``[B]`` bool masks, where None is the empty mask."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a | b
+
+
+def _finite_rows(z: Tensor, evaluation: Evaluation) -> Tensor:
+    """``[B]``: ``z``, ``G`` and the energy (if any) are finite (their norms are below inf)."""
+    ok = (batch_norm(z.detach()) < math.inf) & (
+        batch_norm(evaluation.optimality.detach()) < math.inf
+    )
+    if evaluation.energy is not None:
+        ok = ok & (evaluation.energy.detach().abs() < math.inf)
+    return ok
+
+
 class Problem:
     """Common interface; `create_graph` is set by the backward mode (True when unrolled)."""
 
     kind: ProblemKind
     default_step_size: float
     create_graph: bool = False
+    guard: Guard | None = None
+    """Set by the loop while a step records a graph; `eqtheory.solvers.observe` evaluates
+    through it."""
     restrictable: bool = False
     """Whether `restrict` can evaluate a subset of samples (the loop then compacts)."""
 

@@ -24,8 +24,10 @@ State = dict[str, Any]
 
 
 def observe(problem: Problem, z: Tensor) -> State:
-    """Evaluate `problem` at ``z``: ``{"z", "G", "energy", "grad_norm"}``."""
-    evaluation = problem.evaluate(z)
+    """Evaluate `problem` at ``z``: ``{"z", "G", "energy", "grad_norm"}`` (through the loop's
+    `Guard` while it records a graph)."""
+    guard = getattr(problem, "guard", None)
+    evaluation = problem.evaluate(z) if guard is None else guard.evaluate(problem, z)
     energy = evaluation.energy
     if energy is None:  # one NaN vector per shape, reused: the loop skips freezing it
         energy = problem.no_energy(z)
