@@ -13,6 +13,13 @@ Per iteration ``k`` and per sample ``i`` still active:
 
 The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_STEPS``).
 
+**Gradients** (unrolled: the loop records a graph, `Problem.create_graph`). A rejected sample's
+step is discarded by ``torch.where``, but a NaN in its branch would still poison every
+parameter's gradient (``0 * NaN``). So each recording step evaluates through a `Guard`: a sample
+whose evaluation comes out non-finite is evaluated again at its last accepted iterate, detached,
+and rejected (``NONFINITE``); rejected samples are evaluated there from then on. A masked loss
+then gets the gradients it would get without the sample. Without a graph nothing changes.
+
 **Compaction.** When the problem can be restricted to a subset of its samples
 (`Problem.restrict`, e.g. a fixed point given as ``f(z, *args)`` with per-sample ``args``), the
 loop evaluates only the samples still running: once at most `COMPACT_BELOW` of the working batch
@@ -147,6 +154,7 @@ def iterate(
     work, rows, start = problem, None, z0
     result = {"z": state["z"], "status": status, "steps": steps, "fevals": fevals}
     can_compact = problem.restrictable
+    quarantine: Tensor | None = None  # graph mode: [W] samples rejected so far (None: none)
     for k in range(1, limit + 1):
         running = int(active.sum())
         if running == 0:
@@ -163,10 +171,11 @@ def iterate(
             )
             work = problem.restrict(rows)
             trace.compact(keep)
+            quarantine = None  # only running samples are kept, and none of them was rejected
         width = active.shape[0]
         guard = None
         if graph:  # keep samples with a non-finite evaluation out of the graph (double where)
-            guard = Guard(_plain(state["z"]), None if running == width else ~active)
+            guard = Guard(_plain(state["z"]), quarantine)
         work.guard = guard
         try:
             new, spent = solver.step(work, state)
@@ -184,6 +193,7 @@ def iterate(
         ok = _finite(new, new_norm, has_energy)
         if guard is not None and guard.flagged is not None:
             ok = ok & ~guard.flagged
+            quarantine = guard.flagged if quarantine is None else quarantine | guard.flagged
         accept = active & ok & (new_norm <= bound)
         residual = batch_norm(_plain(new["z"] - state["z"]))
         relative = residual / (z_norm + 1e-12)
@@ -205,6 +215,9 @@ def iterate(
         # samples that stop now: the rule's code if their step was accepted, else why it was not
         rejected = torch.where(ok, diverged_code, nonfinite_code)
         stopped = torch.where(accept, done, running_before)
+        if graph:  # rejected samples are evaluated at their last accepted iterate from now on
+            rejected_now = running_before & ~accept
+            quarantine = rejected_now if quarantine is None else quarantine | rejected_now
         status = torch.where(stopped, torch.where(accept, codes, rejected), status)
         active = accept & ~done
         trace.record(

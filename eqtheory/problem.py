@@ -51,12 +51,14 @@ class Guard:
     parameter's gradient sums over the batch). So `evaluate` evaluates such a sample at its
     ``safe`` iterate instead, detached (the loop's last accepted iterate, whose evaluation was
     finite), and marks it in `flagged`; the loop rejects flagged samples (``NONFINITE``) and
-    freezes them with a second ``where``. Samples in ``skip`` (already stopped: their steps are
-    discarded) are always evaluated at ``safe``.
+    freezes them with a second ``where``. Samples in ``skip`` (rejected at an earlier step: they
+    never resume, and their steps are discarded) are always evaluated at ``safe``. Samples that
+    stopped otherwise are evaluated where their solver puts them, as without a guard, so the
+    values of a problem whose samples interact (a sequence's positions) are unchanged.
 
     Args:
         safe: ``[B, *S]`` detached iterates with a finite evaluation.
-        skip: ``[B]`` bool, or None when every sample is running.
+        skip: ``[B]`` bool, or None when no sample was rejected.
     """
 
     def __init__(self, safe: Tensor, skip: Tensor | None) -> None:
