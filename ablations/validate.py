@@ -117,7 +117,7 @@ def check_out(text: str, *, writing: bool) -> Path:
     except OSError as error:
         raise ValueError(f"--out: cannot inspect {shorten(text)!r}: {error.strerror}") from None
     if not existing.is_dir():
-        what = "is a file" if existing == path else f"is under {str(existing)!r}, a file,"
+        what = "is a file," if existing == path else f"is under {str(existing)!r}, a file,"
         raise ValueError(f"--out: {shorten(text)!r} {what} not a directory")
     if writing:
         try:
@@ -168,32 +168,41 @@ def estimate(config: RunConfig) -> Cost:
     refines = spec.kind == "eqt" and not spec.aux_losses_only
     erms = 0 if spec.kind != "eqt" else (1 if spec.placement == "last" else layers)
     block_params = 12 * d * d
-    forward = 2 * layers * block_params + 2 * layers * length * d  # FLOPs per token
-    per_eval = 4 * block_params  # one energy value-and-gradient, per token
+    if spec.kind == "rnn":  # one GRU layer: 3 gates of two d x d matrices, no attention
+        layers, block_params, heads = 1, 6 * d * d, 0
+    per_eval = 4 * 12 * d * d  # one energy value-and-gradient, per token
+
+    def forward(length: int) -> int:  # backbone FLOPs per token
+        return 2 * layers * block_params + 2 * layers * length * d * (heads > 0)
     k_train = _budget(spec.stop_train) if refines else 0
     backward_cls, backward_options = component(spec.backward, BACKWARD)
     extra = int(backward_options.get("k", 1)) if backward_cls.__name__ == "Phantom" else 0
     train_evals = erms * (k_train + 1 + extra)
     tokens = config.train_steps * config.batch_size * length
-    flops = 3 * tokens * (forward + train_evals * per_eval)
+    flops = 3 * tokens * (forward(length) + train_evals * per_eval)
     passes = 3 * config.train_steps * (layers + train_evals)
     batches = math.ceil(config.test_size / config.eval_batch_size)
     eval_batch = min(config.test_size, config.eval_batch_size)
+    test_lengths = sorted({length, *config.eval_lengths})
     worst_k = 0
     for rule in config.eval_stops if refines else ("steps=0",):
         k = _budget(rule) if refines else 0
         worst_k = max(worst_k, k)
         evals = erms * (k + 1)
-        flops += config.test_size * length * (forward + evals * per_eval)
-        passes += batches * (layers + evals)
-    params = layers * block_params + (length + 4) * d + erms * block_params
+        for test_length in test_lengths:
+            flops += config.test_size * test_length * (forward(test_length) + evals * per_eval)
+            passes += batches * (layers + evals)
+    longest = test_lengths[-1]
+    params = layers * block_params + (longest + 4) * d + erms * 12 * d * d
     floats_per_token = 34 * d + 5 * heads * length  # per layer, training (Korthikanti et al.)
     train_bytes = 4 * config.batch_size * length * (
         layers * floats_per_token + train_evals * 16 * d
     )
-    eval_bytes = 4 * eval_batch * length * (16 * d + 2 * heads * length + (worst_k > 0) * 16 * d)
+    eval_bytes = 4 * eval_batch * longest * (
+        16 * d + 2 * heads * longest + (worst_k > 0) * 16 * d
+    )
     train_rows = 0 if config.fresh_sampling else config.train_size
-    data_bytes = 16 * (train_rows + config.test_size) * length
+    data_bytes = 16 * (train_rows * length + config.test_size * sum(test_lengths))
     peak = 16 * params + max(train_bytes, eval_bytes) + data_bytes
     return Cost(flops=float(flops), passes=float(passes), peak_bytes=float(peak))
 
@@ -206,8 +215,9 @@ def check_run_memory(name: str, cost: Cost) -> None:
     if cost.peak_bytes > MAX_RUN_BYTES:
         raise ValueError(
             f"run '{name}' would need about {_gib(cost.peak_bytes)} of memory (cap "
-            f"{_gib(MAX_RUN_BYTES)} per run; set by the length, batch sizes, width, layers and "
-            "data sizes): make it smaller, or pass --force"
+            f"{_gib(MAX_RUN_BYTES)} per run; set by the lengths, batch sizes, width, layers, "
+            "data sizes and, under unrolled gradients, the training step cap): make it "
+            "smaller, or pass --force"
         )
 
 
