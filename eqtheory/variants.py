@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch import nn
 
 from eqtheory import stopping
 from eqtheory.backward.registry import BACKWARD
-from eqtheory.energies.parse import parse_terms
+from eqtheory.energies.parse import check_option_types, parse_terms
 from eqtheory.registry import Registry, UnknownOptionError, check_options, did_you_mean
 from eqtheory.solvers.registry import SOLVERS
 from eqtheory.spec import SpecError, Tokens
@@ -171,25 +170,6 @@ def component(text: str, registry: Registry) -> tuple[type, dict[str, Any]]:
     check_options(cls, term.options, kind=registry.kind, name=term.name)
     check_option_types(cls, term.options, kind=registry.kind, name=term.name)
     return cls, dict(term.options)
-
-
-def check_option_types(cls: type, options: dict[str, Any], *, kind: str, name: str) -> None:
-    """Reject an option whose value cannot be of its default's type: a word or a boolean for a
-    numeric option (``gd(momentum=abc)``), anything but true/false for a boolean one."""
-    params = inspect.signature(cls).parameters
-    for key, value in options.items():
-        default = params[key].default if key in params else inspect.Parameter.empty
-        if isinstance(default, bool):
-            wrong = not isinstance(value, bool)
-        elif isinstance(default, (int, float)):
-            wrong = not isinstance(value, (int, float)) or isinstance(value, bool)
-        else:
-            continue
-        if wrong:
-            raise ValueError(
-                f"option {key!r} of {kind} {name!r} takes a {type(default).__name__} "
-                f"(default {default!r}), got {value!r}"
-            )
 
 
 def construct(what: str, cls: type, **options: Any) -> Any:

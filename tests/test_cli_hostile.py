@@ -76,7 +76,7 @@ def test_every_probe_value_is_refused_up_front(case: Case, tmp_path: Path) -> No
     [
         (["--energy=-1*bidir"], "must be finite and >= 0 (0 keeps the term but switches it off)"),
         (["--energy", "inf*bidir"], "energy weight inf"),
-        (["--solver", "gd(momentum=abc)"], "option 'momentum' of solver 'gd' takes a float"),
+        (["--solver", "gd(momentum=abc)"], "option 'momentum' of solver 'gd' takes a number"),
         (["--solver", "gd(momentum=nan)"], "solver 'gd(momentum=nan)': "),
         (["--backward", "phantom(k=-1)"], "backward mode 'phantom(k=-1)': "),
         (["--set", "lr=NaN"], "lr must be a finite number > 0, got nan"),
@@ -155,7 +155,7 @@ def test_model_layer_checks() -> None:
             parse_terms(text)
     with pytest.raises(ValueError, match="momentum"):
         VariantSpec(solver="gd(momentum=1e400)")
-    with pytest.raises(ValueError, match="takes a bool"):
+    with pytest.raises(ValueError, match="takes true or false"):
         VariantSpec(solver="gd(nesterov=1)")
     with pytest.raises(ValueError, match="alpha"):
         VariantSpec(alpha=math.inf)

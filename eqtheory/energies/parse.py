@@ -25,6 +25,27 @@ def _accepts(cls: type, key: str) -> bool:
     return key in inspect.signature(cls).parameters
 
 
+def check_option_types(cls: type, options: dict[str, Any], *, kind: str, name: str) -> None:
+    """Reject an option whose value cannot be of its default's type: a word or a boolean for a
+    numeric option (``gd(momentum=abc)``, ``bidir=abc``), anything but true/false for a boolean
+    one. Serves every spec string with options (energies, solvers, backward modes)."""
+    params = inspect.signature(cls).parameters
+    for key, value in options.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if isinstance(default, bool):
+            wrong = not isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            wrong = not isinstance(value, (int, float)) or isinstance(value, bool)
+        else:
+            continue
+        if wrong:
+            raise ValueError(
+                f"option {key!r} of {kind} {name!r} takes "
+                f"{'true or false' if isinstance(default, bool) else 'a number'} "
+                f"(default {default!r}), got {value!r}"
+            )
+
+
 def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
     """Validate an energy spec without building anything: ``[(weight, class, options)]``.
 
@@ -57,6 +78,7 @@ def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
                 )
             options[primary] = term.primary
         check_options(cls, options, kind="energy term", name=term.name)
+        check_option_types(cls, options, kind="energy term", name=term.name)
         terms.append((weight, cls, options))
         if not tokens.at("+"):
             break
