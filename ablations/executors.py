@@ -25,6 +25,7 @@ import socket
 import subprocess
 import threading
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ class Outcome:
     error: str | None = None
     retryable: bool = True
     environment: dict[str, Any] | None = None
+    warnings: tuple[str, ...] = ()  # raised by the attempt (e.g. a checkpoint set aside)
 
 
 def versions() -> dict[str, str]:
@@ -116,25 +118,35 @@ def attempt(
     if threads > 0:
         torch.set_num_threads(threads)
     description = kernels = None
-    try:
-        device, description = resolve_device(config.device)
-        kernels = environment.capture(device)
-        workdir.mkdir(parents=True, exist_ok=True)
-        result = train_fn(
-            dataclasses.replace(config, device=device), workdir=workdir, progress=progress
-        )
-    except TrainingDiverged as error:
-        return Outcome(
-            run_hash, ok=False, device=description, retryable=False,
-            error=f"{DIVERGED}: {error}", environment=kernels,
-        )
-    except Exception as error:  # noqa: BLE001  (any failure of a run is recorded, not fatal)
-        tail = "".join(traceback.format_exception(error)[-12:])
-        return Outcome(run_hash, ok=False, device=description, error=tail, environment=kernels)
-    return Outcome(
-        run_hash, ok=True, metrics=result.metrics, timings=dict(result.timings),
-        device=description, versions=versions(), environment=kernels,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # re-emitted by `record`, in the driver
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            device, description = resolve_device(config.device)
+            kernels = environment.capture(device)
+            workdir.mkdir(parents=True, exist_ok=True)
+            result = train_fn(
+                dataclasses.replace(config, device=device), workdir=workdir, progress=progress
+            )
+        except TrainingDiverged as error:
+            outcome = Outcome(
+                run_hash, ok=False, device=description, retryable=False,
+                error=f"{DIVERGED}: {error}", environment=kernels,
+            )
+        except Exception as error:  # noqa: BLE001  (any failure of a run is recorded, not fatal)
+            tail = "".join(traceback.format_exception(error)[-12:])
+            outcome = Outcome(
+                run_hash, ok=False, device=description, error=tail, environment=kernels
+            )
+        else:
+            outcome = Outcome(
+                run_hash, ok=True, metrics=result.metrics, timings=dict(result.timings),
+                device=description, versions=versions(), environment=kernels,
+            )
+    runtime = tuple(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+    for other in caught:  # the rest as they would have been shown
+        if not issubclass(other.category, RuntimeWarning):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    return dataclasses.replace(outcome, warnings=runtime)
 
 
 class Heartbeat:
@@ -177,7 +189,10 @@ class Heartbeat:
 
 def record(store: Store, outcome: Outcome, *, max_attempts: int, commit: str | None) -> str:
     """Write `outcome`; returns the row's new status (``pending`` when it will be retried), or
-    `LOST` when another runner took the row over (nothing is written)."""
+    `LOST` when another runner took the row over (nothing is written). The attempt's runtime
+    warnings (a checkpoint set aside, ...) are re-emitted here, where the runner prints."""
+    for message in outcome.warnings:
+        warnings.warn(f"run {outcome.run_hash}: {message}", RuntimeWarning, stacklevel=2)
     if outcome.ok:
         owned = store.finish(
             outcome.run_hash, metrics=outcome.metrics or {}, timings=outcome.timings or {},
