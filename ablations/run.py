@@ -77,8 +77,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {line} (see --help)\n")
 
 
-def split_values(text: str) -> list[str]:
-    """Split on commas outside parentheses: ``"gd(a=1,b=2),anderson"`` -> two values."""
+def split_values(text: str, flag: str | None = None) -> list[str]:
+    """Split on commas outside parentheses: ``"gd(a=1,b=2),anderson"`` -> two values; an empty
+    value raises `CliError` (naming `flag`)."""
     values, depth, current = [], 0, ""
     for char in text:
         depth += (char == "(") - (char == ")")
@@ -89,14 +90,14 @@ def split_values(text: str) -> list[str]:
             current += char
     values.append(current.strip())
     if any(not value for value in values):
-        raise CliError(f"empty value in {text!r}")
+        raise CliError(f"{flag + ': ' if flag else ''}empty value in {text!r}")
     return values
 
 
 def parse_seeds(text: str) -> list[int]:
     """``0,1,2`` -> [0, 1, 2]; ``0-4`` -> [0, 1, 2, 3, 4] (inclusive); ``7`` -> [7]."""
     seeds: list[int] = []
-    for part in split_values(text):
+    for part in split_values(text, "--seeds"):
         first, dash, last = part.partition("-")
         try:
             bounds = (int(first), int(last)) if dash else (int(part), int(part))
@@ -161,7 +162,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             not isinstance(value, wanted) or isinstance(value, bool) != isinstance(default, bool)
         ):
             raise CliError(
-                f"--set: {key} takes a {type(default).__name__} (default {default!r}), got {raw!r}"
+                f"--set: {key} takes {'an' if type(default) is int else 'a'} "
+                f"{type(default).__name__} (default {default!r}), got {raw!r}"
             )
         overrides[key] = value
     return overrides
@@ -226,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
              "evaluation (the K = 0 control) is always on (default: the preset's; smoke: "
              "baseline only; cpu, paper: all)")
     add("--device", default="auto", choices=("auto", "cpu", "cuda"),
-        help="where runs train: auto = cuda if available (default: auto)")
+        help="where runs train: auto = cuda if available; cuda is refused up front when no "
+             "GPU is visible (with --executor local) (default: auto)")
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a run config field (repeatable), e.g. --set train_steps=100 --set "
              "width=32; values are JSON (default: none)")
@@ -297,7 +300,7 @@ def plan(args: argparse.Namespace) -> Plan:
         raise CliError(f"--set: {error}") from None
 
     def rules(flag: str, text: str | None, k_flag: str, k_text: str | None) -> list[str] | None:
-        values = checked(flag, split_values(text), stopping.parse) if text else []
+        values = checked(flag, split_values(text, flag), stopping.parse) if text else []
         if k_text:
             ks = numbers(k_flag, k_text, int)
             if any(k < 0 for k in ks):
@@ -316,17 +319,25 @@ def plan(args: argparse.Namespace) -> Plan:
     checked("--stop", stops, field("stop_eval"))
     checked("--stop-train", stop_trains, field("stop_train"))
     axes = {
-        "energy": checked("--energy", split_values(args.energy), check_energy),
-        "solver": checked("--solver", split_values(args.solver), field("solver")),
+        "energy": checked(
+            "--energy", split_values(args.energy, "--energy"), check_energy
+        ),
+        "solver": checked(
+            "--solver", split_values(args.solver, "--solver"), field("solver")
+        ),
         "alpha": checked("--alpha", numbers("--alpha", args.alpha, float), field("alpha")),
         "stop_train": stop_trains,
-        "backward": checked("--backward", split_values(args.backward), field("backward")),
-        "placement": checked("--placement", split_values(args.placement), _placement),
+        "backward": checked(
+            "--backward", split_values(args.backward, "--backward"), field("backward")
+        ),
+        "placement": checked(
+            "--placement", split_values(args.placement, "--placement"), _placement
+        ),
         "gamma": checked("--gamma", numbers("--gamma", args.gamma, float), field("gamma")),
         "beta": checked("--beta", numbers("--beta", args.beta, float), field("beta")),
     }
     axes = {name: list(dict.fromkeys(values)) for name, values in axes.items()}
-    tasks = list(dict.fromkeys(checked("--task", split_values(args.task), _task)))
+    tasks = list(dict.fromkeys(checked("--task", split_values(args.task, "--task"), _task)))
     lengths = numbers("--lengths", args.lengths, int) if args.lengths else list(preset.lengths)
     lengths = list(dict.fromkeys(lengths))
     if any(length < 1 for length in lengths):
