@@ -365,3 +365,22 @@ def test_old_databases_gain_the_new_columns(tmp_path: Path) -> None:
         assert store.finish(run.hash(), metrics={}, timings={}, device="cpu", versions={},
                             git_commit=None, environment={"threads": 1})
         assert store.get(run.hash()).environment == {"threads": 1}
+
+
+def test_on_cuda_the_environment_names_the_gpu_cuda_cudnn_and_tf32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ablations import environment
+
+    assert "gpu" not in environment.capture("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    env = environment.capture("cuda")
+    assert env["gpu"] == "Fake GPU" and env["gpu_capability"] == "9.0"
+    assert env["cudnn"] == 90100 and {"cuda", "tf32_matmul", "tf32_cudnn"} <= set(env)
+    text = environment.describe(env)
+    assert "Fake GPU (sm 9.0)" in text and "cuDNN 90100" in text and "TF32" in text
+    assert environment.describe(None) == "not recorded"
