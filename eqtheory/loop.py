@@ -217,7 +217,8 @@ def iterate(
         stopped = torch.where(accept, done, running_before)
         if graph:  # rejected samples are evaluated at their last accepted iterate from now on
             rejected_now = running_before & ~accept
-            quarantine = rejected_now if quarantine is None else quarantine | rejected_now
+            if bool(rejected_now.any()):  # else no where enters the graph (bitwise gradients)
+                quarantine = rejected_now if quarantine is None else quarantine | rejected_now
         status = torch.where(stopped, torch.where(accept, codes, rejected), status)
         active = accept & ~done
         trace.record(
