@@ -20,7 +20,7 @@ from ablation_fakes import fake_train
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from ablations import validate
+from ablations import presets, validate
 from ablations.config import RunConfig
 from ablations.run import build_parser, main
 from benchmarks.probe_cli import CASES, SMOKE, TINY, Case
@@ -125,7 +125,7 @@ def test_long_values_are_echoed_once_and_cut() -> None:
 def test_the_presets_fit_the_caps_and_force_lifts_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for preset in ("smoke", "cpu", "paper"):
+    for preset in presets.PRESETS:
         argv = ["--out", str(tmp_path / preset), "--dry-run", "--preset", preset]
         assert main(argv, train_fn=fake_train) == 0, capsys.readouterr().err
     bomb = ["--out", str(tmp_path / "bomb"), "--dry-run", "--k-train", "100000"]
@@ -210,9 +210,9 @@ GRAMMAR: dict[str, tuple[str, list[str]]] = {
 FLAGS = {option for action in build_parser()._actions for option in action.option_strings
          if action.nargs != 0 and option != "--ray-address"}
 GRAMMAR = {flag: grammar for flag, grammar in GRAMMAR.items() if flag in FLAGS}
-LIST_FLAGS = {"--eval-lengths", "--energy", "--solver", "--alpha", "--stop", "--k-eval", "--stop-train",
-              "--k-train", "--backward", "--placement", "--gamma", "--beta", "--task",
-              "--lengths", "--seeds"}
+LIST_FLAGS = {"--eval-lengths", "--energy", "--solver", "--alpha", "--stop", "--k-eval",
+              "--stop-train", "--k-train", "--backward", "--placement", "--gamma", "--beta",
+              "--task", "--lengths", "--seeds"}
 # characters outside every flag's grammar (not whitespace: JSON and int() strip it)
 BREAKERS = [")", "(", "$", "@", "#", "\x00"]
 
