@@ -189,6 +189,13 @@ class Store:
         self._db.row_factory = sqlite3.Row
         try:
             self._open(timeout_s, readonly=readonly)
+        except sqlite3.OperationalError as error:  # locked, no permission, ...: not corrupt
+            self._db.close()
+            raise UnreadableStore(
+                f"{self.path}: cannot open the results database ({error}); nothing was "
+                "written: check the path and its permissions, or whether another process "
+                "holds the file locked"
+            ) from None
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise unreadable(self.path, error) from None

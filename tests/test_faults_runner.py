@@ -281,6 +281,20 @@ def test_an_unreadable_database_exits_2_with_one_line_and_is_never_written(
         assert database.read_bytes() == before
 
 
+def test_a_locked_database_is_reported_without_advice_to_move_it(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)  # a rollback journal, not WAL
+    holder.execute("CREATE TABLE runs (hash TEXT, status TEXT, config TEXT, heartbeat_at REAL)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(UnreadableStore, match="cannot open .*locked") as error_info:
+            Store(path, timeout_s=0.2)
+        assert "mv " not in str(error_info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 # -- signals and output ---------------------------------------------------------------------------
 
 
