@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import socket
+import sqlite3
 import subprocess
 import threading
 import traceback
@@ -182,7 +183,10 @@ class Heartbeat:
                 with self._lock:
                     hashes = list(self.hashes)
                 for run_hash in hashes:
-                    store.heartbeat(run_hash)
+                    try:
+                        store.heartbeat(run_hash)
+                    except sqlite3.OperationalError:  # busy past the timeout: beat next time
+                        continue
         finally:
             store.close()
 
