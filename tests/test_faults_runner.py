@@ -333,6 +333,40 @@ def test_ctrl_c_stops_a_background_runner_with_130_and_a_consistent_database(
     assert {row.status for row in rows} == {"done"} and len(rows) == 2
 
 
+SLOW_CLEANUP = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background
+from ablations.run import _Interrupts
+with _Interrupts().installed():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("cleaning up", flush=True)
+        time.sleep(60)  # a clean-up that hangs: the second Ctrl-C must not wait for it
+sys.exit(0)
+"""
+
+
+def test_a_second_ctrl_c_during_clean_up_exits_130_at_once() -> None:
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP], cwd=TESTS.parent,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGINT)
+        assert child.stdout.readline().strip() == "cleaning up"
+        pressed = time.time()
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 130
+        assert time.time() - pressed < 10
+        assert "again: exiting now" in child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
+
+
 def test_result_lines_are_whole_lines_in_a_log(tmp_path: Path) -> None:
     sweep = start_sweep(["--out", str(tmp_path / "out"), "--lengths", "8,16,32",
                          "--no-controls", "--no-report"], {"EQT_FAKE_DELAY": "0.2"})
