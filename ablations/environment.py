@@ -47,7 +47,7 @@ def _build_libraries() -> dict[str, str]:
     onednn = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\d.]+)", config)
     if onednn:
         found["onednn"] = onednn[1]
-    mkl = re.search(r"Math Kernel Library Version ([\w.\-]+)", config)
+    mkl = re.search(r"Math Kernel Library Version ([\d.]+)", config)
     if mkl:
         found["mkl"] = mkl[1]
     return found
