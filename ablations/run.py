@@ -125,17 +125,16 @@ def checked(flag: str, values: list[str], check: Callable[[str], Any]) -> list[s
     for value in values:
         try:
             check(value)
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
             raise CliError(f"{flag}: {error}") from None
     return values
 
 
 def check_energy(text: str) -> None:
-    """Names and options, then a real `energies.parse` with a small model's dims."""
-    from eqtheory.model.build import build_energy
-
+    """Names, options and weights, then a real `energies.parse` with a small model's dims, on
+    the meta device (the constructors check their options; nothing is allocated)."""
     energy_terms(text)
-    build_energy(text, width=8, vocab=2)
+    validate.energy_numel(text, width=8)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -369,7 +368,7 @@ def plan(args: argparse.Namespace) -> Plan:
         fields = dict(zip(axes, values, strict=True))
         try:
             variants.append(VariantSpec(kind="eqt", stop_eval=stops[0], **fields))
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
             raise CliError(f"variant {fields}: {error}") from None
     eval_stops = tuple(dict.fromkeys(["steps=0", *stops]))
 

@@ -14,14 +14,17 @@ the hard limits on value length and seed count):
 - ``MAX_RUN_BYTES``: at most 64 GiB of memory for one run (parameters with their gradients and
   AdamW moments, training activations, the data, evaluation activations).
 
-The estimates are deliberately simple (a block of width ``d`` has ``12 d^2`` parameters, an
-energy evaluation costs about a block's forward and backward, a stopping rule without a step
-cap runs to the loop's ``DEFAULT_MAX_STEPS``); the paper preset estimates at about 1e17 FLOPs
-and 2e7 passes. Long values echo once in messages, cut to ``ECHO_CHARS`` characters.
+The estimates are deliberately simple: a block of width ``d`` has ``12 d^2`` parameters; the
+energy's parameters and buffers are counted on the meta device (`energy_numel`) and an
+evaluation costs ``4 M + d`` FLOPs per token as in `ablations.flops`; a stopping rule without a
+step cap runs to the loop's ``DEFAULT_MAX_STEPS``; a solver's ``memory`` option (Anderson,
+Broyden) keeps that many past iterates. The paper preset estimates at about 1e17 FLOPs and
+2e7 passes. Long values echo once in messages, cut to ``ECHO_CHARS`` characters.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -34,6 +37,7 @@ from ablations.config import RunConfig
 from eqtheory import stopping
 from eqtheory.backward.registry import BACKWARD
 from eqtheory.loop import DEFAULT_MAX_STEPS
+from eqtheory.solvers.registry import SOLVERS
 from eqtheory.variants import component
 
 ECHO_CHARS = 200
@@ -156,6 +160,20 @@ class Cost:
                     max(self.peak_bytes, other.peak_bytes))
 
 
+@functools.lru_cache(maxsize=256)
+def energy_numel(text: str, width: int, vocab: int = 2) -> int:
+    """Parameters and buffers of the energy `text` at `width`, built on the meta device (its
+    constructors run their checks; nothing is allocated, so ``bidir(window=100000000)`` is a
+    number here, not an out-of-memory error)."""
+    import torch
+
+    from eqtheory.model.build import build_energy
+
+    with torch.device("meta"):
+        energy = build_energy(text, width=width, vocab=vocab)
+    return sum(t.numel() for t in (*energy.parameters(), *energy.buffers()))
+
+
 def _budget(rule: str) -> int:
     budget = stopping.parse(rule).budget()
     return DEFAULT_MAX_STEPS if budget is None else int(budget)
@@ -170,7 +188,10 @@ def estimate(config: RunConfig) -> Cost:
     block_params = 12 * d * d
     if spec.kind == "rnn":  # one GRU layer: 3 gates of two d x d matrices, no attention
         layers, block_params, heads = 1, 6 * d * d, 0
-    per_eval = 4 * 12 * d * d  # one energy value-and-gradient, per token
+    energy = energy_numel(spec.energy, d) if erms else 0
+    per_eval = 4 * energy + d  # one energy value-and-gradient, per token (`ablations.flops`)
+    solver_options = component(spec.solver, SOLVERS)[1] if refines else {}
+    history = int(solver_options.get("memory", 0))  # anderson / broyden: past iterates kept
 
     def forward(length: int) -> int:  # backbone FLOPs per token
         return 2 * layers * block_params + 2 * layers * length * d * (heads > 0)
@@ -193,13 +214,13 @@ def estimate(config: RunConfig) -> Cost:
             flops += config.test_size * test_length * (forward(test_length) + evals * per_eval)
             passes += batches * (layers + evals)
     longest = test_lengths[-1]
-    params = layers * block_params + (longest + 4) * d + erms * 12 * d * d
+    params = layers * block_params + (longest + 4) * d + erms * energy
     floats_per_token = 34 * d + 5 * heads * length  # per layer, training (Korthikanti et al.)
     train_bytes = 4 * config.batch_size * length * (
-        layers * floats_per_token + train_evals * 16 * d
+        layers * floats_per_token + (train_evals + 2 * erms * history) * 16 * d
     )
     eval_bytes = 4 * eval_batch * longest * (
-        16 * d + 2 * heads * longest + (worst_k > 0) * 16 * d
+        16 * d + 2 * heads * longest + (worst_k > 0) * (1 + 2 * erms * history) * 16 * d
     )
     train_rows = 0 if config.fresh_sampling else config.train_size
     data_bytes = 16 * (train_rows * length + config.test_size * sum(test_lengths))
