@@ -170,8 +170,10 @@ class MinimizeProblem(Problem):
         probed once: its value at ``z0.detach()`` requires a gradient exactly when it reads a
         tensor that does (a closure over a parameter). One extra evaluation, only for plain
         callables, only with grad mode on and ``z0`` not requiring a gradient."""
-        if not torch.is_grad_enabled() or z0.requires_grad:
-            return torch.is_grad_enabled()
+        if not torch.is_grad_enabled():
+            return False
+        if z0.requires_grad:
+            return True
         if not isinstance(self.energy, FunctionEnergy):
             return self.has_trainable()
         with torch.enable_grad():
@@ -220,8 +222,10 @@ class FixedPointProblem(Problem):
         """As `Problem.needs_graph`; a plain callable ``f`` (not an `nn.Module`, no ``args``
         that require a gradient) is probed once: ``f(z0.detach(), *args)`` requires a gradient
         exactly when ``f`` reads a tensor that does (a closure over a parameter)."""
-        if not torch.is_grad_enabled() or z0.requires_grad:
-            return torch.is_grad_enabled()
+        if not torch.is_grad_enabled():
+            return False
+        if z0.requires_grad:
+            return True
         if not self.has_trainable():
             return False
         if isinstance(self.f, torch.nn.Module) or any(a.requires_grad for a in self.args or ()):
