@@ -70,7 +70,7 @@ def _cases() -> list[Case]:
     for value in ("", "bidr", "bidir+", "+bidir", "bidir++mask", "bidir(", "bidir)", "*bidir",
                   "-1*bidir", "inf*bidir", "1e400*bidir", "nan*bidir", "-0.5*mask+bidir",
                   "bidir=abc", "bidir(window=-1)", "bidir(window=0)", "bidir(hidden=0)",
-                  "bidir(bogus=1)", "mask,,bidir", "bidir;mask", LONG,
+                  "bidir(bogus=1)", "bidir(window=inf)", "mask,,bidir", "bidir;mask", LONG,
                   "+".join(["bidir"] * 3000)):
         add(f"energy={value[:24]!r}", "--energy", value)
     # --solver
@@ -89,8 +89,8 @@ def _cases() -> list[Case]:
             add(f"{flag[2:]}={value!r}", flag, value)
     # stopping rules and K shortcuts
     for flag, values in {
-        "--stop": ("", "steps=-1", "steps=abc", "residul<1e-3", "|", "steps=8|", "steps=2.5",
-                   "residual<1e-3&", "steps<8", LONG),
+        "--stop": ("", "steps=-1", "steps=abc", "steps=inf", "residul<1e-3", "|", "steps=8|",
+                   "steps=2.5", "residual<1e-3&", "steps<8", LONG),
         "--k-eval": ("", "-1", "abc", "2,,3"),
         "--stop-train": ("", "stepz=2", "steps=-2", "steps=1.5"),
         "--k-train": ("", "-1", "x"),
@@ -152,6 +152,8 @@ def _cases() -> list[Case]:
         "set test_size=1e10": ("--set", "test_size=10000000000"),
         "set layers=100000": ("--set", "layers=100000"),
         "energy 18,000 characters": ("--energy", "+".join(["mask"] * 3600)),
+        "energy bidir(window=1e8)": ("--energy", "bidir(window=100000000)"),
+        "solver anderson(memory=1e8)": ("--solver", "anderson(memory=100000000)"),
     }
     for name, argv in smoke.items():
         add(name, *argv, base="smoke")
@@ -232,7 +234,7 @@ def classify(case: Case, tmp: Path, outcome: dict | None, elapsed: float,
             problems.append(f"wrote {written}")
         values = [item.partition("=")[2] if item.startswith("--") else item
                   for item in case.argv]
-        if any(len(value) > 200 and value[:201] in stderr for value in values):
+        if any(len(value) > 200 and value[:230] in stderr for value in values):
             problems.append("echoed a long value uncut")
         if any(len(value) > 200 and stderr.count(value[:200]) > 1 for value in values):
             problems.append("echoed a long value more than once")
