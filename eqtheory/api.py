@@ -87,15 +87,21 @@ def minimize(
 
     Args:
         energy: an `Energy` or any callable ``z: [B, *S] -> [B]``.
-        z0: ``[B, *S]`` start (the one-shot proposal); float32 or float64, any device.
+        z0: ``[B, *S]`` start (the one-shot proposal); a floating-point tensor (float32 or
+            float64), any device; anything else is a `TypeError`.
         solver: a registered name (``solvers.names()``) or a `Solver` object.
         stop: a stopping-rule spec (``"residual<1e-4|steps=50"``) or a `StopRule`.
-        backward: ``"unrolled"``, ``"implicit"``, ``"phantom"`` or a `BackwardMode`.
+        backward: ``"unrolled"``, ``"implicit"``, ``"phantom"`` or a `BackwardMode`. When
+            nothing the result depends on requires a gradient (``z0``, the energy's parameters,
+            the context; a plain callable is probed once at ``z0``) or grad mode is off, no
+            graph is kept across steps and ``z`` is a plain tensor.
         context: conditioning tensors the energy terms read; ``context["z0"]`` defaults to
             ``z0`` (the anchor term's proposal), keeping its gradient path.
         readout: ``z -> logits`` for rules that look at predictions (``stable``, ``adaptive``).
-        max_steps: a hard cap on iterations when the rule has no budget of its own.
-        divergence: a sample diverges once ``||z|| > divergence * (||z0|| + 1)``.
+        max_steps: a hard cap on iterations when the rule has no budget of its own (a whole
+            number ``>= 0``).
+        divergence: a sample diverges once ``||z|| > divergence * (||z0|| + 1)`` (finite,
+            ``> 0``).
         record_terms: also trace every energy term (extra evaluations, not counted).
         **solver_options: keyword options of the named solver; unknown ones raise.
 
