@@ -522,7 +522,7 @@ def _stat(values: list[float | None], *, scale: float = 1.0, digits: str = ".3g"
     cell = Cell(tuple(values))
     if cell.n < 2:
         return f"{cell.mean:{digits}}"
-    return f"{cell.mean:{digits}} ± {cell.sd:{digits}}"
+    return f"{cell.mean:{digits}} ± {cell.sd:{digits.lstrip('+')}}"  # the sd has no sign
 
 
 def _blocks(table: Table, name: str, length: int) -> list[dict[str, Any]]:
