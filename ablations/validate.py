@@ -18,8 +18,11 @@ The estimates are deliberately simple: a block of width ``d`` has ``12 d^2`` par
 energy's parameters and buffers are counted on the meta device (`energy_numel`) and an
 evaluation costs ``4 M + d`` FLOPs per token as in `ablations.flops`; a stopping rule without a
 step cap runs to the loop's ``DEFAULT_MAX_STEPS``; a solver's ``memory`` option (Anderson,
-Broyden) keeps that many past iterates. The paper preset estimates at about 1e17 FLOPs and
-2e7 passes. Long values echo once in messages, cut to ``ECHO_CHARS`` characters.
+Broyden) keeps that many past iterates; attention scores are counted as stored (``T^2`` per
+head), which overestimates fused attention. The estimates of the presets: smoke 4.5e11 FLOPs,
+2.5e4 passes; cpu 2.8e13, 1.3e5; paper 4.3e17, 1.3e7, 33 GiB for its largest run (under the
+caps; its length 512 would not be); recurrence 4.3e12, 3e4. Long values echo once in messages,
+cut to ``ECHO_CHARS`` characters.
 """
 
 from __future__ import annotations
