@@ -71,7 +71,11 @@ def backbone_flops(model: EqT, length: int) -> float:
 
 
 def flops_per_token(model: EqT, length: int, fevals_per_token: float) -> float:
-    """Inference FLOPs per token: backbone + ``fevals * (4M + d)`` (``fevals`` summed over ERMs)."""
+    """Inference FLOPs per token: backbone + ``fevals * (4M + d)`` (``fevals`` summed over ERMs);
+    a model without a backbone (the recurrent control) spends ``2 x`` its parameters less the
+    embedding."""
+    if not isinstance(model, EqT):
+        return 2 * (_count(model) - model.embed.weight.numel())
     per_eval = 2 * EVAL_COST * energy_params(model) + model.backbone.width
     return backbone_flops(model, length) + fevals_per_token * per_eval
 

@@ -8,6 +8,10 @@ Every preset is overridable flag by flag (``python -m ablations.run --preset cpu
   dozen steps, lengths 8 and 16, one seed, baseline + EqT).
 - ``cpu``: a small model on lengths 16, 32, 64 with 3 seeds and all controls (tens of minutes on
   2 cores): enough for confidence intervals on short lengths.
+- ``recurrence``: the variant whose fixed point carries the sequence (the ``chain`` energy alone,
+  no prior, solved by a sequential sweep, implicit gradients) beside every control including a
+  GRU (``rnn``), trained at L = 64 and evaluated at 64, 128, 256 and 512 (length
+  generalisation), 5 seeds.
 - ``paper``: the paper's parity experiment (6 layers, width 256, 8 heads; AdamW 3e-4, wd 0.01,
   cosine, batch 256, clip 1.0, 25 epochs over 32,768 sequences = 3,200 steps, 4,096 test
   sequences; lengths 8..256; K = 2 train, 8 and 32 eval) with 5 seeds and all controls: a GPU job.
@@ -33,6 +37,9 @@ class Preset:
         stops: evaluation stopping rules of EqT runs (``steps=0``, the K = 0 control, is added).
         stop_train: the EqT training stopping rule.
         config: `RunConfig` field values (model size, data, optimiser, schedule).
+        eval_lengths: further test lengths every model is evaluated at (length generalisation).
+        variant: defaults of the variant flags (``energy``, ``solver``, ``alpha``, ``gamma``,
+            ``backward``, ...; the rest: `VariantSpec`'s defaults).
     """
 
     name: str
@@ -43,9 +50,12 @@ class Preset:
     stops: tuple[str, ...]
     stop_train: str
     config: dict[str, Any] = field(default_factory=dict)
+    eval_lengths: tuple[int, ...] = ()
+    variant: dict[str, Any] = field(default_factory=dict)
 
 
 CONTROLS = ("baseline", "aux-only", "compute-matched")
+ALL_CONTROLS = (*CONTROLS, "rnn")
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
@@ -85,6 +95,25 @@ PRESETS: dict[str, Preset] = {
             layers=6, width=256, heads=8, train_size=32_768, test_size=4_096,
             train_steps=3_200, batch_size=256, lr=3e-4, weight_decay=0.01, grad_clip=1.0,
             warmup_steps=0, amp=True, checkpoint_every=200, eval_batch_size=1024,
+        ),
+    ),
+    "recurrence": Preset(
+        name="recurrence",
+        description="the chain EqT (the fixed point carries the sequence) against every "
+        "control, trained at L=64, evaluated at 64,128,256,512, 5 seeds: ~15 min on 2 cores",
+        lengths=(64,),
+        seeds=(0, 1, 2, 3, 4),
+        controls=ALL_CONTROLS,
+        stops=("steps=1",),
+        stop_train="steps=1",
+        eval_lengths=(64, 128, 256, 512),
+        variant=dict(
+            energy="chain", solver="sequential", alpha=1.0, gamma=float("inf"),
+            backward="implicit",
+        ),
+        config=dict(
+            layers=1, width=32, heads=2, train_size=4096, test_size=512, train_steps=200,
+            batch_size=64, lr=3e-3, warmup_steps=20, checkpoint_every=100, eval_batch_size=256,
         ),
     ),
 }

@@ -148,8 +148,8 @@ class Table:
         return Cell(values) if values else None
 
     def series(self) -> list[str]:
-        """Baseline, EqT (per variant, by step budget), aux-only, compute-matched."""
-        order = {"baseline": 0, "eqt": 1, "aux-only": 2, "compute-matched": 3}
+        """Baseline, EqT (per variant, by step budget), aux-only, compute-matched, rnn."""
+        order = {"baseline": 0, "eqt": 1, "aux-only": 2, "compute-matched": 3, "rnn": 4}
 
         def key(name: str) -> tuple[int, str, int, str]:
             run, _, stop = name.partition(" ")
@@ -229,7 +229,10 @@ def _fmt_diff(result: dict[str, Any]) -> str:
 
 
 def summary_table(rows: list[Row]) -> str:
-    """Per-token accuracy (%) per series and length: mean ± sd over seeds (n)."""
+    """Per-token accuracy (%) per series and length: mean ± sd over seeds (n), then the
+    accuracy at each evaluated length of runs with ``eval_lengths``."""
+    from ablations.report_lengths import summary as summary_lengths  # it imports this module
+
     lines = []
     for table in tables(rows):
         lengths = table.lengths
@@ -241,6 +244,7 @@ def summary_table(rows: list[Row]) -> str:
             cells = [table.cell(name, length) for length in lengths]
             lines.append(f"{name:<{width}}  " + "  ".join(
                 f"{(c.text(spread='sd') if c else '–'):>20}" for c in cells))
+        lines += summary_lengths(table)
     failed = [row for row in rows if row.status == "failed"]
     if failed:
         lines.append(f"{len(failed)} failed runs (see the report)")
@@ -662,6 +666,8 @@ def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
 
 def build_report(rows: list[Row], out: Path) -> str:
     """The report's Markdown (plots are written under ``out/plots``)."""
+    from ablations.report_lengths import section as section_lengths  # it imports this module
+
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     done = [row for row in rows if row.status == "done"]
@@ -699,6 +705,7 @@ def build_report(rows: list[Row], out: Path) -> str:
     for table in tables(rows):
         lines += _section_task(table, plots, out)
         lines += section_diagnostics(table, plots, out)
+        lines += section_lengths(table, plots, out)
     failed = [row for row in rows if row.status == "failed"]
     if failed:
         lines += ["## Failed runs", ""]

@@ -47,7 +47,7 @@ from eqtheory import stopping
 from eqtheory.registry import did_you_mean
 from eqtheory.variants import PLACEMENTS, VariantSpec, energy_terms
 
-BASELINE, EQT, AUX_ONLY, MATCHED = "baseline", "eqt", "aux-only", "compute-matched"
+BASELINE, EQT, AUX_ONLY, MATCHED, RNN = "baseline", "eqt", "aux-only", "compute-matched", "rnn"
 LABELS = (BASELINE, EQT, AUX_ONLY, MATCHED)
 # RunConfig fields with a flag of their own (not settable through --set)
 FLAG_FIELDS = {
@@ -55,6 +55,8 @@ FLAG_FIELDS = {
     "seed": "--seeds", "device": "--device", "eval_stops": "--stop/--k-eval",
 }
 DEFAULT = VariantSpec()
+VARIANT_FLAGS = ("energy", "solver", "alpha", "backward", "placement", "gamma", "beta")
+"""Variant flags whose default is the preset's `Preset.variant` entry, else `VariantSpec`'s."""
 
 
 class CliError(ValueError):
@@ -137,6 +139,19 @@ def check_energy(text: str) -> None:
     validate.energy_numel(text, width=8)
 
 
+def check_buildable(variant: VariantSpec) -> None:
+    """Build the variant at a tiny size: combinations that no field check sees (e.g. a chain
+    solver with an energy that is not a chain alone) fail here, before anything runs. On the
+    meta device: the constructors run their checks, nothing is allocated (an energy option such
+    as ``bidir(window=100000000)`` would otherwise allocate at plan time)."""
+    import torch
+
+    from eqtheory.variants import build
+
+    with torch.device("meta"):
+        build(variant, width=8, layers=1, heads=2, max_len=4)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``--set key=value`` -> RunConfig fields; unknown or flag-owned keys are rejected."""
     valid = [f.name for f in dataclasses.fields(RunConfig) if f.name not in FLAG_FIELDS]
@@ -188,13 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--preset", default="smoke",
-        help="grid and model defaults: smoke, cpu or paper (default: smoke)")
-    add("--energy", default=DEFAULT.energy,
+        help="grid, model and variant defaults: smoke, cpu, paper or recurrence (default: "
+             "smoke; the recurrence preset's variant: energy chain, solver sequential, "
+             "alpha 1, gamma inf, backward implicit)")
+    add("--energy", default=None,
         help="energy spec(s) of the EqT variant, e.g. 'bidir+0.1*memory' "
              f"(default: {DEFAULT.energy})")
-    add("--solver", default=DEFAULT.solver,
+    add("--solver", default=None,
         help=f"solver name(s), with options as 'gd(momentum=0.9)' (default: {DEFAULT.solver})")
-    add("--alpha", default=str(DEFAULT.alpha),
+    add("--alpha", default=None,
         help=f"solver step size(s) (default: {DEFAULT.alpha})")
     add("--stop", default=None,
         help="evaluation stopping rule(s), e.g. 'residual<1e-3|steps=32'; every EqT model is "
@@ -206,26 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="training stopping rule(s) of EqT; a grid axis (default: the preset's, steps=2)")
     add("--k-train", default=None,
         help="shortcut: --k-train 2,4 adds --stop-train steps=2,steps=4 (default: none)")
-    add("--backward", default=DEFAULT.backward,
+    add("--backward", default=None,
         help=f"backward mode(s): unrolled, implicit, phantom (default: {DEFAULT.backward})")
-    add("--placement", default=DEFAULT.placement,
+    add("--placement", default=None,
         help=f"ERM placement(s): last or every (default: {DEFAULT.placement})")
-    add("--gamma", default=str(DEFAULT.gamma),
+    add("--gamma", default=None,
         help=f"proximal prior gamma(s), inf = no prior (default: {DEFAULT.gamma})")
-    add("--beta", default=str(DEFAULT.beta),
+    add("--beta", default=None,
         help=f"energy weight(s) in the loss NLL + beta*E (default: {DEFAULT.beta})")
     add("--task", default="parity", help="task(s): parity or parity_final (default: parity)")
     add("--lengths", default=None,
         help="sequence lengths, e.g. 16,64,192 (default: the preset's; smoke: 8,16)")
+    add("--eval-lengths", default=None,
+        help="also evaluate every trained model at these lengths (length generalisation), "
+             "e.g. 64,128,256,512; stored per length and tabled in the report (default: the "
+             "preset's; recurrence: 64,128,256,512; others: none)")
     add("--seeds", default=None,
         help="seeds: a list '0,1,2', an inclusive range '0-4', or one seed '7' "
              "(default: the preset's; smoke: 0, cpu: 0-2, paper: 0-4)")
     add("--controls", action=argparse.BooleanOptionalAction, default=None,
         help="--controls: add all controls beside every EqT run: baseline, aux-only (the same "
              "energy as an auxiliary loss, no refinement) and compute-matched baseline (more "
-             "layers, same FLOPs per token); --no-controls: EqT runs only. EqT's steps=0 "
+             "layers, same FLOPs per token) and rnn (a one-layer GRU of the same width, "
+             "outside the EqT family); --no-controls: EqT runs only. EqT's steps=0 "
              "evaluation (the K = 0 control) is always on (default: the preset's; smoke: "
-             "baseline only; cpu, paper: all)")
+             "baseline only; cpu, paper: all but rnn; recurrence: all)")
     add("--device", default="auto", choices=("auto", "cpu", "cuda"),
         help="where runs train: auto = cuda if available; cuda is refused up front when no "
              "GPU is visible (with --executor local) (default: auto)")
@@ -292,6 +314,9 @@ def plan(args: argparse.Namespace) -> Plan:
         raise CliError("--retries must be >= 0")
     if not 0 <= args.threads <= validate.MAX_THREADS:
         raise CliError(f"--threads must be in 0..{validate.MAX_THREADS}, got {args.threads}")
+    for name in VARIANT_FLAGS:  # flags not given take the preset's variant, else the default
+        if getattr(args, name) is None:
+            setattr(args, name, str(preset.variant.get(name, getattr(DEFAULT, name))))
     overrides = {**preset.config, **parse_overrides(args.overrides)}
     try:
         RunConfig(**{**overrides, "device": args.device})
@@ -342,10 +367,16 @@ def plan(args: argparse.Namespace) -> Plan:
     if any(length < 1 for length in lengths):
         raise CliError("--lengths: lengths must be >= 1")
     seeds = parse_seeds(args.seeds) if args.seeds else list(preset.seeds)
+    eval_lengths = (
+        numbers("--eval-lengths", args.eval_lengths, int) if args.eval_lengths
+        else list(preset.eval_lengths)
+    )
+    if any(length < 1 for length in eval_lengths):
+        raise CliError("--eval-lengths: lengths must be >= 1")
     if args.controls is None:
         controls = preset.controls
     else:
-        controls = presets.CONTROLS if args.controls else ()
+        controls = presets.ALL_CONTROLS if args.controls else ()
     eqt_runs = len(tasks) * len(lengths) * len(seeds) * math.prod(map(len, axes.values()))
     if eqt_runs > validate.MAX_RUNS and not args.force:
         raise CliError(f"the grid has {eqt_runs:,} EqT runs before controls; at most "
@@ -367,7 +398,9 @@ def plan(args: argparse.Namespace) -> Plan:
     for values in itertools.product(*axes.values()):
         fields = dict(zip(axes, values, strict=True))
         try:
-            variants.append(VariantSpec(kind="eqt", stop_eval=stops[0], **fields))
+            variant = VariantSpec(kind="eqt", stop_eval=stops[0], **fields)
+            check_buildable(variant)
+            variants.append(variant)
         except (ValueError, TypeError, KeyError, OverflowError) as error:
             raise CliError(f"variant {fields}: {error}") from None
     eval_stops = tuple(dict.fromkeys(["steps=0", *stops]))
@@ -393,7 +426,9 @@ def plan(args: argparse.Namespace) -> Plan:
         return config
 
     for task, length, seed, variant in itertools.product(tasks, lengths, seeds, variants):
-        common = dict(task=task, length=length, seed=seed)
+        common = dict(
+            task=task, length=length, seed=seed, eval_lengths=tuple(dict.fromkeys(eval_lengths))
+        )
         eqt = add(EQT, variant=variant, eval_stops=eval_stops, **common)
         if BASELINE in controls:
             add(BASELINE, variant=VariantSpec(kind="baseline"), eval_stops=("steps=0",), **common)
@@ -406,6 +441,8 @@ def plan(args: argparse.Namespace) -> Plan:
         if MATCHED in controls:
             add(MATCHED, variant=VariantSpec(kind="baseline"), eval_stops=("steps=0",),
                 layers=_matched_layers(eqt), **common)
+        if RNN in controls:
+            add(RNN, variant=VariantSpec(kind="rnn"), eval_stops=("steps=0",), **common)
     if not args.force:
         try:
             validate.check_sweep(len(runs), total)

@@ -215,7 +215,8 @@ def train_run(
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train ``config`` (resuming from ``workdir/checkpoint.pt`` when it is this run's) and
-    evaluate it under every rule of ``config.eval_stops`` (baselines and aux-only: ``steps=0``).
+    evaluate it under every rule of ``config.eval_stops`` (baselines and aux-only: ``steps=0``),
+    at its length and at each of ``config.eval_lengths`` (``metrics["evals_by_length"]``).
 
     Raises:
         TrainingDiverged: the loss became non-finite.
@@ -264,7 +265,7 @@ def train_run(
     torch.manual_seed(tasks.derive_seed(seed, "init"))
     model = build(
         spec, vocab=task.vocab, width=config.width, layers=config.layers, heads=config.heads,
-        max_len=length,
+        max_len=max((length, *config.eval_lengths)),
     ).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -364,6 +365,15 @@ def train_run(
         "steps": step,
         "evals": evaluate_all(model, test_set, task, config, device=device, autocast=autocast),
     }
+    if config.eval_lengths:  # length generalisation: fresh test sets of each length
+        metrics["evals_by_length"] = {
+            str(other): metrics["evals"] if other == length else evaluate_all(
+                model, tasks.datasets(
+                    task, length=other, seed=seed, train_size=0, test_size=config.test_size
+                )[1], task, config, device=device, autocast=autocast,
+            )
+            for other in config.eval_lengths
+        }
     if device.type == "cuda":
         torch.cuda.synchronize()
     finished = time.perf_counter()

@@ -200,6 +200,9 @@ def per_token_energy(energy: Energy, z: Tensor, context: Context | None) -> Tens
     """
     if z.dim() != 3:
         raise ValueError(f"per_token_energy needs latents [B, T, d], got {list(z.shape)}")
+    split = getattr(energy, "per_position", None)
+    if split is not None:  # a term that splits itself into these increments in one evaluation
+        return split(z, context).to(z.dtype)
     batch, length = z.shape[0], z.shape[1]
     totals = [z.new_zeros(batch)]
     for t in range(1, length + 1):

@@ -31,9 +31,9 @@ from eqtheory.registry import Registry, UnknownOptionError, check_options, did_y
 from eqtheory.solvers.registry import SOLVERS
 from eqtheory.spec import SpecError, Tokens
 
-Kind = Literal["baseline", "eqt"]
+Kind = Literal["baseline", "eqt", "rnn"]
 Placement = Literal["last", "every"]
-KINDS = ("baseline", "eqt")
+KINDS = ("baseline", "eqt", "rnn")
 PLACEMENTS = ("last", "every")
 
 
@@ -42,7 +42,9 @@ class VariantSpec:
     """Every choice that defines a variant (model-size and training choices live in the run).
 
     Attributes:
-        kind: ``"baseline"`` (open-loop transformer) or ``"eqt"`` (with refinement).
+        kind: ``"baseline"`` (open-loop transformer), ``"eqt"`` (with refinement) or
+            ``"rnn"`` (a recurrent control outside the EqT family: one GRU layer of the model's
+            width, `eqtheory.model.RecurrentBaseline`; the other fields are not read).
         energy: energy spec (``eqtheory.energies.parse``); the paper's parity energy is
             ``bidir+mask+confidence``. The proximal prior is added from ``gamma``.
         solver: solver name; ``alpha`` is its step size.
@@ -100,10 +102,10 @@ class VariantSpec:
                 f"beta (the energy's weight in the loss) must be finite and >= 0, "
                 f"got {self.beta!r}"
             )
-        if self.kind == "baseline" and self.aux_losses_only:
+        if self.kind != "eqt" and self.aux_losses_only:
             raise ValueError(
                 "aux_losses_only needs kind='eqt': it trains the variant's energy as an auxiliary "
-                "loss on the un-refined state (kind='baseline' has no energy)"
+                f"loss on the un-refined state (kind={self.kind!r} has no energy)"
             )
         solver_cls, options = component(self.solver, SOLVERS)
         if "step_size" in options:

@@ -18,7 +18,7 @@ SOLVERS = eqt.solvers.names()
 @pytest.mark.parametrize("name", SOLVERS)
 def test_every_solver_declares_its_problems_and_takes_a_step_size(name):
     cls = eqt.solvers.get(name)
-    assert cls.solves and cls.solves <= {"minimize", "fixed_point"}
+    assert cls.solves and cls.solves <= {"minimize", "fixed_point", "chain"}
     assert "step_size" in inspect.signature(cls).parameters
 
 

@@ -112,6 +112,11 @@ class Chain(Energy):
         """The causal field ``z - F(z)``, ``[B, T, d]`` (the ``causal`` gradient)."""
         return z - self.problem(require(context, "z0", term=self.name)).map(z)
 
+    def per_position(self, z: Tensor, context: Context | None) -> Tensor:
+        """``[B, T]``: ``0.5 ||z_t - g(z_{t-1}, h_t)||^2``, position ``t``'s term (it reads only
+        positions ``<= t``, so it is also the energy position ``t`` adds to its prefix)."""
+        return 0.5 * (self.field(z, context) ** 2).sum(-1)
+
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
         problem = self.problem(require(context, "z0", term=self.name))
         if self.gradient == "full":

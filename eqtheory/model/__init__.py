@@ -11,8 +11,9 @@ from eqtheory.model.backbone import Backbone, BackboneOutput, Block, sinusoidal_
 from eqtheory.model.build import build_energy, build_model
 from eqtheory.model.eqt import EqT, ModelOutput
 from eqtheory.model.erm import ERM
+from eqtheory.model.rnn import RecurrentBaseline
 
 __all__ = [
-    "ERM", "Backbone", "BackboneOutput", "Block", "EqT", "ModelOutput", "build_energy",
-    "build_model", "sinusoidal_positions",
+    "ERM", "Backbone", "BackboneOutput", "Block", "EqT", "ModelOutput", "RecurrentBaseline",
+    "build_energy", "build_model", "sinusoidal_positions",
 ]

@@ -19,6 +19,7 @@ from eqtheory.energies.confidence import Confidence
 from eqtheory.model.backbone import Backbone
 from eqtheory.model.eqt import EqT
 from eqtheory.model.erm import ERM
+from eqtheory.model.rnn import RecurrentBaseline
 from eqtheory.solvers.registry import SOLVERS
 from eqtheory.variants import VariantSpec, component, energy_terms
 
@@ -55,8 +56,11 @@ class _Readout(nn.Module):
 
 def build_model(
     spec: VariantSpec, *, vocab: int, width: int, layers: int, heads: int, max_len: int
-) -> EqT:
-    """The model a spec names; see `eqtheory.variants.build`."""
+) -> EqT | RecurrentBaseline:
+    """The model a spec names; see `eqtheory.variants.build` (``kind="rnn"``: the recurrent
+    control, which reads only ``vocab`` and ``width``)."""
+    if spec.kind == "rnn":
+        return RecurrentBaseline(vocab=vocab, width=width)
     backbone = Backbone(vocab=vocab, width=width, layers=layers, heads=heads, max_len=max_len)
     if spec.kind == "baseline":
         return EqT(backbone, [], placement=spec.placement, aux_losses_only=False)

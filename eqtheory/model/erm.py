@@ -96,6 +96,7 @@ class ERM(nn.Module):
         self.stop_eval = stopping.resolve(stop_eval)
         self.backward = backward
         self.norm = nn.LayerNorm(width) if layernorm else None
+        self.chain_fixed_point()  # a chain solver without a chain alone fails here, not later
 
     @property
     def energy(self) -> Energy:

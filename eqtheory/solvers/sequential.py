@@ -35,8 +35,8 @@ class Sequential(Solver):
     """Gauss-Seidel sweep over positions.
 
     Args:
-        step_size: accepted for the common solver signature; a sweep has no step size (it
-            must be None or 1).
+        step_size: accepted for the common solver signature (a model passes its ``alpha``);
+            a sweep has no step size and does not read it.
     """
 
     name = "sequential"
@@ -44,8 +44,7 @@ class Sequential(Solver):
 
     def __init__(self, step_size: float | None = None) -> None:
         super().__init__()
-        if step_size is not None and step_size != 1:
-            raise ValueError(f"sequential has no step size (None or 1), got {step_size!r}")
+        del step_size
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         chain = require_chain(problem, self.name)
