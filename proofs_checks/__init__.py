@@ -22,6 +22,7 @@ CHECKS = (
     "special_cases",
     "implicit_gradients",
     "contraction",
+    "chain",
 )
 
 
