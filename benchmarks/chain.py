@@ -86,7 +86,7 @@ def solver_rows(model, train_length: int, lengths: list[int], batch: int) -> lis
         with torch.no_grad():
             exact = solve_chain(chain.cell, h, s0, solver="sequential", stop="steps=1").z
 
-        def solve(name=None, options=None):
+        def solve(name, options, h=h, s0=s0, length=length):
             cap = NEWTON_CAP if name == "newton" else length + 1
             stop = f"grad<{TOL}|steps={cap}"
             return lambda: solve_chain(chain.cell, h, s0, solver=name, stop=stop, **options)

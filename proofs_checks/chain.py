@@ -2,11 +2,11 @@ r"""Claim 9 (causal chains: the fixed point that carries the sequence).
 
 **Statement.** For the chain ``z = F(z)``, ``F(z)_t = g(z_{t-1}, h_t)``, ``z_{-1} = s_0``
 (`eqtheory.chain`): (a) ``F``'s Jacobian is nilpotent, so Picard iteration from any start is
-exact on positions ``< k`` after ``k`` steps and reaches the fixed point after ``T`` steps, a bound attained in
-the worst case (the last position can still be wrong one step before); (b) Newton over the sequence
-(DEER) converges locally quadratically; (c) the implicit gradient at the fixed point (the
-adjoint solved by one reverse recurrence) equals backpropagation through the sequential
-recurrence (BPTT).
+exact on positions ``< k`` after ``k`` steps and reaches the fixed point after ``T`` steps, a
+bound attained in the worst case (the last position can still be wrong one step before); (b)
+Newton over the sequence (DEER) converges locally quadratically; (c) the implicit gradient at
+the fixed point (the adjoint solved by one reverse recurrence) equals backpropagation through
+the sequential recurrence (BPTT).
 
 **Assumptions.** GRU cells with weights drawn at 2x PyTorch's default scale (so the chains are
 not trivially contractive), float64, proposals ``h ~ N(0, 1)``, ``s_0 = 0``. (b) starts Newton
@@ -15,9 +15,10 @@ noise and measures the order ``p = log(e_{k+1}/e_k) / log(e_k/e_{k-1})`` of the 
 ``e_k = ||z_k - F(z_k)||`` on the steps with ``e_{k+1} > 1e-13``.
 
 **Checks.** (a) max error after ``T`` Picard steps ``<= 1e-12``, on positions ``< k`` after
-``k`` steps ``<= 1e-12``, and (max over chains) at the last position after ``T - 1`` steps ``> 1e-6``; (b) the
-median measured order ``>= 1.8`` (steps with ``e_k < 1e-2`` and ``e_{k+1} > 1e-11``); (c) max relative difference of the gradients (cell
-parameters and ``h``) ``<= 1e-10``.
+``k`` steps ``<= 1e-12``, and (max over chains) at the last position after ``T - 1`` steps
+``> 1e-6``; (b) the median measured order ``>= 1.8`` (steps with ``e_k < 1e-2`` and
+``e_{k+1} > 1e-11``); (c) max relative difference of the gradients (cell parameters and ``h``)
+``<= 1e-10``.
 """
 
 from __future__ import annotations

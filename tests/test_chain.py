@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eqtheory as eqt
-from eqtheory.chain import CELLS, ChainProblem, linear_recurrence, reverse_linear_recurrence
+from eqtheory.chain import CELLS, linear_recurrence, reverse_linear_recurrence
 from eqtheory.chain.cells import ChainCell
 from eqtheory.chain.problem import solve_chain
 from eqtheory.variants import build

@@ -7,9 +7,10 @@ r"""Cells ``g(s, h)`` of a causal chain, ``s, h: [..., d] -> [..., d]``, and the
 
 * ``tanh`` (`TanhCell`): the Elman cell ``g = tanh(W h + U s + b)``.
 
-Both map ``[-1, 1]^d`` into itself (``n`` and ``tanh`` lie in ``(-1, 1)``; a GRU output is a convex
-combination of ``n`` and ``s``), so with ``s_0`` in ``[-1, 1]^d`` every position of the chain's fixed
-point lies in ``[-1, 1]^d``: `range` is what Newton-type solvers clamp their iterates to.
+Both map ``[-1, 1]^d`` into itself (``n`` and ``tanh`` lie in ``(-1, 1)``; a GRU output is a
+convex combination of ``n`` and ``s``), so with ``s_0`` in ``[-1, 1]^d`` every position of the
+chain's fixed point lies in ``[-1, 1]^d``: `range` is what Newton-type solvers clamp their
+iterates to.
 """
 
 from __future__ import annotations

@@ -73,7 +73,10 @@ class Newton(Solver):
         z = state["z"]
         fz, previous, jac = chain.linearise(z, diagonal=self.diagonal)
         jac = jac.to(z.dtype)
-        affine = fz - (jac * previous if self.diagonal else (jac @ previous.unsqueeze(-1)).squeeze(-1))
+        jac_previous = (
+            jac * previous if self.diagonal else (jac @ previous.unsqueeze(-1)).squeeze(-1)
+        )
+        affine = fz - jac_previous  # c_t = F(z)_t - J_t z_{t-1}
         s0 = chain.s0.to(z.dtype).expand(z.shape[0], -1)
         target = linear_recurrence(jac, affine, s0, method=self.scan)  # (B, T, d)
         if self.clip:
