@@ -9,8 +9,9 @@ of a causal chain): ``w_t = v_t + J_{t+1}^T w_{t+1}`` for ``t = T-1..0`` with ``
 doubling scan, ``(J_2, c_2) o (J_1, c_1) = (J_2 J_1, J_2 c_1 + c_2)``: ``ceil(log2 T)`` rounds of
 batched products (depth ``O(log T)``, work ``O(T log T d^3)``). ``method="sequential"`` is the
 plain loop (depth ``T``, work ``O(T d^2)``): the reference, and the faster one on a CPU core.
-PyTorch's own ``torch._higher_order_ops.associative_scan`` is private and prototype (and 200x
-slower than the loop in eager mode, see docs/performance.md), so the scan is written here.
+PyTorch's own ``torch._higher_order_ops.associative_scan`` is private and a prototype without a
+documented contract, so the scan is written here; ``python -m benchmarks --only scan`` times the
+three (docs/performance.md).
 """
 
 from __future__ import annotations
