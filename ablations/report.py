@@ -519,14 +519,16 @@ def _section_task(table: Table, plots: Path, out: Path) -> list[str]:
 
 
 def _stat(values: list[float | None], *, scale: float = 1.0, digits: str = ".3g") -> str:
-    """``mean ± sd`` of ``scale * values`` over seeds (one value: it alone; none: a dash)."""
-    values = [scale * v for v in values if v is not None]
-    if not values:
+    """``mean ± sd`` of ``scale * values`` over seeds (one value: it alone; none: a dash);
+    ``(n=k)`` is appended when only ``k`` of the seeds have a value (None: e.g. an AUROC of a
+    run without wrong tokens)."""
+    present = [scale * v for v in values if v is not None]
+    if not present:
         return "–"
-    cell = Cell(tuple(values))
-    if cell.n < 2:
-        return f"{cell.mean:{digits}}"
-    return f"{cell.mean:{digits}} ± {cell.sd:{digits.lstrip('+')}}"  # the sd has no sign
+    cell = Cell(tuple(present))
+    text = f"{cell.mean:{digits}}" if cell.n < 2 else \
+        f"{cell.mean:{digits}} ± {cell.sd:{digits.lstrip('+')}}"  # the sd has no sign
+    return text if cell.n == len(values) else f"{text} (n={cell.n})"
 
 
 def _blocks(table: Table, name: str, length: int) -> list[dict[str, Any]]:

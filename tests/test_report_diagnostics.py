@@ -27,7 +27,8 @@ def fake_block(stop: str, seed: int) -> dict[str, Any]:
                   "fixed": 0.01, "broken": 0.001, "changed": 0.003 * k / 8, "n": 1000},
         "grad_norm": {"z0": {"bidir": 0.5, "anchor=1": 0.0, "total": 0.5},
                       "z_star": {"bidir": 0.25, "anchor=1": 0.125, "total": 0.0625}},
-        "energy_auroc": 0.61 + 0.01 * seed,  # mean 0.62
+        # mean 0.62 at K = 8; at K = 0 seed 2 has none (no wrong token): 0.615 over n = 2
+        "energy_auroc": None if (k, seed) == (0, 2) else 0.61 + 0.01 * seed,
         "confidence_auroc": 0.9,
         "energy_mean": {"right": 1.0, "wrong": 2.0},
         "energy_tokens": 1000, "energy_nonfinite": 0, "diagnostic_sequences": 64,
@@ -63,7 +64,8 @@ def test_the_section_reports_every_diagnostic_with_its_spread(tmp_path: Path) ->
     assert "| eqt steps=8 | 16 | 3 | 8.1 ± 0.1 | 16.2 ± 0.2 |" in section
     assert "+0.100" in section  # net flips: (0.002 - 0.001) * 100 points
     assert "| bidir | anchor=1 | total |" in section and "0.5 ± 0 → 0.25 ± 0" in section
-    assert "0.62 ± 0.01" in section and "0.9" in section  # energy vs confidence AUROC
+    assert "0.62 ± 0.01 |" in section and "0.9" in section  # energy vs confidence AUROC
+    assert "0.615 ± 0.00707 (n=2) |" in section  # a missing value is said
     assert "| K=0 | K=1 | K=2 | K=4 | K=8 |" in section and "75.00" in section
     assert "79.00" in section
     plot = tmp_path / "plots" / "acc_by_k_parity_eqt.png"
