@@ -81,10 +81,7 @@ def _numeric_options(component: type) -> list[str]:
     return names
 
 
-KNOWN_GAPS = {
-    "solver:sequential.step_size": "sequential ignores step_size (del step_size) instead of "
-    "checking it; eqtheory/solvers/sequential.py is outside the issue-9 change",
-}
+KNOWN_GAPS: dict[str, str] = {}
 """Options that do not meet the contract yet: expected to fail (not strict), each with why."""
 
 COMPONENTS = [

@@ -87,6 +87,7 @@ class Chain(Energy):
     primary = "cell"
     requires = ("z0",)
     couples_positions = True
+    exact_gradient = False  # the default, causal gradient; True with gradient="full"
 
     def __init__(self, dim: int, cell: str = "gru", gradient: str = "causal") -> None:
         super().__init__()

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from eqtheory.chain.problem import ChainProblem
+from eqtheory.checks import optional_number
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.registry import SOLVERS
@@ -35,8 +36,9 @@ class Sequential(Solver):
     """Gauss-Seidel sweep over positions.
 
     Args:
-        step_size: accepted for the common solver signature (a model passes its ``alpha``);
-            a sweep has no step size and does not read it.
+        step_size: accepted for the common solver signature (a model passes its ``alpha``)
+            and checked (None or a finite number > 0); a sweep has no step size and does not
+            read it.
     """
 
     name = "sequential"
@@ -44,7 +46,7 @@ class Sequential(Solver):
 
     def __init__(self, step_size: float | None = None) -> None:
         super().__init__()
-        del step_size
+        optional_number(step_size, "step_size", owner=self.name, above=0)
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         chain = require_chain(problem, self.name)

@@ -231,6 +231,14 @@ def sequence_terms() -> list[str]:
     ]
 
 
+def variational_terms() -> list[str]:
+    """`sequence_terms` whose solver-facing gradient is the gradient of their value (laws about
+    gradient descent on an energy, e.g. its curvature, hold for them; the causal ``chain`` field
+    is not a gradient)."""
+    return [name for name in sequence_terms()
+            if getattr(ENERGIES.get(name), "exact_gradient", True)]
+
+
 @st.composite
 def energy_specs(draw, terms=None, anchor=st.booleans()):
     """Spec strings of a random non-empty subset of ``terms`` (default: `sequence_terms`),
