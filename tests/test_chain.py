@@ -256,3 +256,22 @@ def test_chain_eqt_is_causal_in_its_tokens():
         a, b = model(tokens).logits, model(changed).logits
     assert torch.allclose(a[:, :7], b[:, :7], atol=1e-12)
     assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("name", CELLS.names())
+def test_matrix_free_transposed_jacobian_and_both_adjoints_agree_with_the_dense_ones(name):
+    from eqtheory.chain import ChainProblem
+
+    cell = CELLS.build(name, dim=5).double()
+    s, h = torch.rand(2, 6, 5, dtype=F64) * 2 - 1, torch.randn(2, 6, 5, dtype=F64)
+    w = torch.randn(2, 5, dtype=F64)
+    dense = cell.jacobian(s, h)
+    product = cell.transposed_jacobian(s, h)
+    for t in range(6):
+        expected = (dense[:, t].transpose(-1, -2) @ w.unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(product(w, t), expected, atol=1e-13)
+    s0 = torch.zeros(5, dtype=F64)
+    v = torch.randn(2, 6, 5, dtype=F64)
+    loop = ChainProblem(cell, h, s0, adjoint="sequential").solve_adjoint(s, v)
+    scan = ChainProblem(cell, h, s0, adjoint="scan").solve_adjoint(s, v)
+    assert torch.allclose(loop, scan, atol=1e-12)

@@ -15,6 +15,8 @@ iterates to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
@@ -24,8 +26,14 @@ from eqtheory.registry import Registry
 CELLS: Registry = Registry("chain cell")
 
 
+TransposedJacobian = Callable[[Tensor, int], Tensor]
+"""``(w: [B, d], t) -> J_t^T w: [B, d]`` for the Jacobians ``J_t`` at one sequence of points."""
+
+
 class ChainCell(nn.Module):
-    """Base class: ``forward(s, h)`` over any leading dims; `range` bounds the outputs."""
+    """Base class: ``forward(s, h) = update(s, project(h))`` over any leading dims (the input
+    projection does not depend on the state, so a sweep computes it once for all positions);
+    `range` bounds the outputs."""
 
     name: str = "cell"
     range: tuple[float, float] = (-1.0, 1.0)
@@ -36,8 +44,22 @@ class ChainCell(nn.Module):
             raise ValueError(f"a chain cell needs dim >= 1, got {dim!r}")
         self.dim = int(dim)
 
-    def forward(self, s: Tensor, h: Tensor) -> Tensor:
+    def project(self, h: Tensor) -> Tensor:
+        """What the cell reads of its input ``h: [..., d]`` (default: ``h`` itself)."""
+        return h
+
+    def update(self, s: Tensor, x: Tensor) -> Tensor:
+        """``g`` from the state ``s`` and the projected input ``x = project(h)``."""
         raise NotImplementedError
+
+    def forward(self, s: Tensor, h: Tensor) -> Tensor:
+        return self.update(s, self.project(h))
+
+    def transposed_jacobian(self, s: Tensor, h: Tensor) -> TransposedJacobian:
+        """At ``(s, h): [B, T, d]``: a function ``(w, t) -> J_t^T w`` (the adjoint recurrence's
+        products, one position at a time). Default: through the dense `jacobian`."""
+        jac = self.jacobian(s, h)
+        return lambda w, t: (jac[:, t].transpose(-1, -2) @ w.unsqueeze(-1)).squeeze(-1)
 
     def jacobian(self, s: Tensor, h: Tensor) -> Tensor:
         """``dg/ds`` at ``(s, h): [..., d]`` -> ``[..., d, d]`` (row ``i``: output ``i``)."""
@@ -62,20 +84,31 @@ class GRUCell(ChainCell):
         self.input = nn.Linear(dim, 3 * dim)  # W_u, W_r, W_n and b_u, b_r, b_n
         self.state = nn.Linear(dim, 3 * dim)  # U_u, U_r, U_n and their biases (c_n for n)
 
-    def _gates(self, s: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x_u, x_r, x_n = self.input(h).chunk(3, dim=-1)
+    def project(self, h: Tensor) -> Tensor:
+        return self.input(h)  # (..., 3d): W_u h + b_u, W_r h + b_r, W_n h + b_n
+
+    def _gates(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x_u, x_r, x_n = x.chunk(3, dim=-1)
         s_u, s_r, s_n = self.state(s).chunk(3, dim=-1)
         u = torch.sigmoid(x_u + s_u)
         r = torch.sigmoid(x_r + s_r)
         n = torch.tanh(x_n + r * s_n)
         return u, r, n, s_n
 
-    def forward(self, s: Tensor, h: Tensor) -> Tensor:
-        u, _, n, _ = self._gates(s, h)
+    def update(self, s: Tensor, x: Tensor) -> Tensor:
+        u, _, n, _ = self._gates(s, x)
         return n + u * (s - n)  # (1 - u) n + u s
 
+    def transposed_jacobian(self, s: Tensor, h: Tensor) -> TransposedJacobian:
+        """Matrix-free: ``J_t^T w = u w + [c_u w, c_r w, c_n w] U`` with ``U`` the stacked state
+        weights and the per-position factors ``c`` computed once (``O(d^2)`` per product)."""
+        u, r, n, s_n = self._gates(s, self.project(h))
+        slope = (1 - n**2) * (1 - u)
+        factors = torch.cat([(s - n) * u * (1 - u), s_n * slope * r * (1 - r), r * slope], -1)
+        weight = self.state.weight  # (3d, d)
+        return lambda w, t: u[:, t] * w + (factors[:, t] * w.repeat(1, 3)) @ weight
     def jacobian(self, s: Tensor, h: Tensor) -> Tensor:
-        u, r, n, s_n = self._gates(s, h)
+        u, r, n, s_n = self._gates(s, self.project(h))
         d = self.dim
         U_u, U_r, U_n = self.state.weight.split(d, dim=0)  # each (d, d): row = output unit
         du = (u * (1 - u)).unsqueeze(-1) * U_u  # (..., d, d)
@@ -97,9 +130,15 @@ class TanhCell(ChainCell):
         self.input = nn.Linear(dim, dim)
         self.state = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, s: Tensor, h: Tensor) -> Tensor:
-        return torch.tanh(self.input(h) + self.state(s))
+    def project(self, h: Tensor) -> Tensor:
+        return self.input(h)
 
-    def jacobian(self, s: Tensor, h: Tensor) -> Tensor:
+    def update(self, s: Tensor, x: Tensor) -> Tensor:
+        return torch.tanh(x + self.state(s))
+
+    def transposed_jacobian(self, s: Tensor, h: Tensor) -> TransposedJacobian:
+        """Matrix-free: ``J_t^T w = ((1 - g_t^2) w) U``."""
+        slope = 1 - self(s, h) ** 2
+        return lambda w, t: (slope[:, t] * w) @ self.state.weight
         slope = 1 - self(s, h) ** 2  # (..., d)
         return slope.unsqueeze(-1) * self.state.weight

@@ -94,10 +94,19 @@ class ChainProblem(Problem):
         return fz, previous, jac
 
     def solve_adjoint(self, z_star: Tensor, v: Tensor) -> Tensor:
-        """``w`` with ``(dG/dz)^T w = v`` at ``z_star``: one reverse recurrence."""
+        """``w`` with ``(dG/dz)^T w = v`` at ``z_star``: one reverse recurrence,
+        ``w_t = v_t + J_{t+1}^T w_{t+1}``; ``sequential``: matrix-free products
+        (`ChainCell.transposed_jacobian`), ``scan``: dense Jacobians and a reverse scan."""
         with torch.no_grad():
-            jac = self.cell.jacobian(self.shifted(z_star), self.h)
-        return reverse_linear_recurrence(jac.to(v.dtype), v, method=self.adjoint)
+            previous = self.shifted(z_star)
+            if self.adjoint == "scan":
+                jac = self.cell.jacobian(previous, self.h)
+                return reverse_linear_recurrence(jac.to(v.dtype), v, method="scan")
+            product = self.cell.transposed_jacobian(previous, self.h)
+            w = [v[:, -1]]
+            for t in range(v.shape[1] - 2, -1, -1):
+                w.append(v[:, t] + product(w[-1], t + 1))
+            return torch.stack(w[::-1], dim=1)
 
 
 def solve_chain(

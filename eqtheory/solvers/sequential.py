@@ -51,8 +51,9 @@ class Sequential(Solver):
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         chain = require_chain(problem, self.name)
         previous = chain.s0.to(state["z"].dtype).expand(state["z"].shape[0], -1)  # (B, d)
+        inputs = chain.cell.project(chain.h)  # (B, T, .): once for every position
         states = []
         for t in range(chain.h.shape[1]):
-            previous = chain.cell(previous, chain.h[:, t])
+            previous = chain.cell.update(previous, inputs[:, t])
             states.append(previous)
         return observe(problem, torch.stack(states, dim=1)), 2
