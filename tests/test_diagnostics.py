@@ -181,3 +181,22 @@ def test_a_tiny_eqt_model_gives_finite_diagnostics_of_the_right_shapes(placement
                        autocast=contextlib.nullcontext(), diagnostics=False)
     assert "diagnostics" not in off["steps=4"]
     assert off["steps=4"]["acc"] == evals["steps=4"]["acc"]
+
+
+def test_a_sequence_coupled_energy_gives_finite_diagnostics() -> None:
+    """A ``chain`` ERM solves per sequence (statuses ``[B]``); the diagnostics read latents."""
+    torch.manual_seed(0)
+    spec = VariantSpec(energy="chain+bidir", gamma=1.0, placement="last")
+    model = build(spec, vocab=2, width=16, layers=1, heads=2, max_len=8)
+    task = tasks.get("parity")
+    _, test = tasks.datasets(task, length=8, seed=0, train_size=0, test_size=24)
+    config = RunConfig(variant=spec, length=8, layers=1, width=16, heads=2, test_size=24,
+                       eval_stops=("steps=0", "steps=2"), eval_batch_size=8)
+    evals = evaluate_all(model, test, task, config, device=torch.device("cpu"),
+                         autocast=contextlib.nullcontext(), diagnostic_size=12)
+    block = evals["steps=2"]["diagnostics"]
+    assert block["displacement"]["mean"] > 0 and block["energy_tokens"] == 12 * 8
+    assert {"chain", "bidir", "anchor=1", "total"} == set(block["grad_norm"]["z_star"])
+    assert set(block["acc_by_k"]) == {"0", "1", "2"}
+    numbers = [*block["displacement"].values(), *block["grad_norm"]["z_star"].values()]
+    assert all(math.isfinite(v) for v in numbers)
