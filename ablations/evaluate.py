@@ -83,9 +83,10 @@ class Diagnosis:
     """What one pass collects for the ``diagnostics`` block, on the CPU.
 
     Attributes:
-        displacement: ``[R, N, T]`` relative displacement per ERM, sequence and position.
-        energy: ``[n, T]`` per-token learned energy (summed over ERMs) of the first ``n``
-            sequences.
+        displacement: per batch, ``[R, b, T]`` relative displacement per ERM, sequence and
+            position (concatenated: ``[R, N, T]``).
+        energy: per batch, ``[b', T]`` per-token learned energy (summed over ERMs) of the
+            batch's sequences among the first ``n`` (concatenated: ``[n, T]``).
         grad_norm: ``{"z0" | "z_star": {term: [sum, count]}}`` per-position gradient norms.
     """
 
@@ -104,18 +105,18 @@ class Diagnosis:
         )
         if sequences <= 0:
             return
-        energy = 0
+        per_erm = []
         for erm, (z, z0) in zip(model.erms, pairs):
             z, z0 = z[:sequences], z0[:sequences]  # (n, T, d)
             context = {"tokens": inputs[:sequences], "z0": z0}
-            energy = energy + per_token_energy(erm.energy, z, context)  # (n, T)
+            per_erm.append(per_token_energy(erm.energy, z, context))  # (n, T)
             for where, point in (("z0", z0), ("z_star", z)):
                 rows = self.grad_norm[where]
                 for label, norms in term_grad_norms(erm.objective, point, context).items():
                     total = rows.setdefault(label, [0.0, 0])
                     total[0] += float(norms.sum())
                     total[1] += norms.numel()
-        self.energy.append(energy.cpu())
+        self.energy.append(torch.stack(per_erm).sum(dim=0).cpu())  # (n, T)
 
 
 @dataclass
