@@ -8,7 +8,10 @@ the mean cross-entropy over the task's scored positions of the readout of the re
 ``z*``, plus ``beta`` times the learned energy (no prior) **per token**: the energy is a sum over
 the ``T`` positions, divided by ``T`` so that ``beta`` means the same at every length, then
 averaged over the batch (and summed over ERMs for ``placement="every"``). ``aux_losses_only``
-variants take the same loss on the un-refined state. The energies' context is the input bits
+variants take the same loss on the un-refined state. A sequence that a refinement solve rejected
+(status ``nonfinite`` or ``diverged``) is left out of both terms and of the gradient
+(`masked_loss`), and counted (``metrics["masked_sequences"]``), instead of failing the run.
+The energies' context is the input bits
 (``tokens``) and, during training only, a 15% ``mask`` drawn per step from a generator seeded
 by ``(seed, step)``; the backbone always sees every bit (hiding bits would make the prefix parity
 unknowable).
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -42,6 +46,8 @@ from ablations import tasks
 from ablations.config import RunConfig
 from ablations.evaluate import evaluate_all
 from eqtheory.energies.mask import random_mask
+from eqtheory.solution import Solution
+from eqtheory.status import Status
 from eqtheory.variants import build
 
 CHECKPOINT = "checkpoint.pt"
@@ -74,6 +80,36 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
     return torch.device(name)
+
+
+def kept_samples(solutions: list[Solution], batch: int, device: torch.device) -> Tensor:
+    """``[B]`` bool: sequences none of whose solves ended ``nonfinite`` or ``diverged`` (a
+    per-position solve's statuses ``[B*T]`` are grouped by sequence); no host sync."""
+    keep = torch.ones(batch, dtype=torch.bool, device=device)
+    for solution in solutions:
+        codes = solution.status.view(batch, -1)  # (B, 1) or (B, T)
+        keep = keep & ~((codes == int(Status.NONFINITE)) | (codes == int(Status.DIVERGED))).any(1)
+    return keep
+
+
+def masked_loss(
+    logits: Tensor, targets: Tensor, energy: Tensor | None, keep: Tensor, *, beta: float,
+    length: int,
+) -> tuple[Tensor, Tensor]:
+    """``(nll, loss)`` over the kept sequences only: the mean cross-entropy of ``logits
+    [B, S, V]`` against ``targets [B, S]`` over the kept sequences' tokens, plus ``beta`` times
+    the kept sequences' mean energy per token (``energy: [B]`` or None). A rejected sequence
+    contributes neither value nor gradient (its logits and energy are selected away before any
+    arithmetic, the double-``where`` pattern, so a NaN there stays out); with every sequence kept
+    this is the plain batch mean."""
+    safe = torch.where(keep.view(-1, 1, 1), logits, 0)  # a NaN row must not reach the softmax
+    per_token = F.cross_entropy(safe.flatten(0, 1), targets.flatten(), reduction="none")
+    tokens = keep.repeat_interleave(targets.shape[1])  # (B*S,)
+    nll = torch.where(tokens, per_token, 0).sum() / tokens.sum().clamp(min=1)
+    if energy is None:
+        return nll, nll
+    per_sequence = torch.where(keep, energy.float() / length, 0)
+    return nll, nll + beta * per_sequence.sum() / keep.sum().clamp(min=1)
 
 
 def learning_rate(step: int, config: RunConfig) -> float:
@@ -302,6 +338,7 @@ def train_run(
     # ---- the loop
     log_every = max(1, min(100, config.train_steps // 10))
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
+    masked = torch.zeros((), dtype=torch.int64, device=device)
 
     def check_finite() -> None:  # a host sync: only at log and checkpoint steps
         bad = int(first_bad)
@@ -323,11 +360,12 @@ def train_run(
             mask = random_mask(inputs, MASK_RATE, generator=gen)
         with autocast:
             out = model(inputs, mask=mask, with_energy=with_energy)
+            keep = kept_samples(out.solutions, inputs.shape[0], device)  # (B,) bool
             logits = out.logits[:, scored].float()  # (B, S, V), S scored positions
-            nll = F.cross_entropy(logits.flatten(0, 1), targets[:, scored].flatten())
-            loss = nll
-            if out.energy is not None:  # beta * energy per token, batch mean
-                loss = nll + spec.beta * (out.energy.float() / length).mean()
+            nll, loss = masked_loss(
+                logits, targets[:, scored], out.energy, keep, beta=spec.beta, length=length
+            )
+        masked = masked + (~keep).sum()  # sequences a solve rejected, left out of the loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -363,6 +401,7 @@ def train_run(
         "train_loss": float(tail[:, 0].mean()) if step else None,
         "train_nll": float(tail[:, 1].mean()) if step else None,
         "steps": step,
+        "masked_sequences": int(masked),  # this invocation's training steps (not resumed ones)
         "evals": evaluate_all(model, test_set, task, config, device=device, autocast=autocast),
     }
     if config.eval_lengths:  # length generalisation: fresh test sets of each length

@@ -1,0 +1,49 @@
+"""The training step leaves sequences that a solve rejected out of the loss, and counts them."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+import eqtheory as eqt
+from ablations.train import kept_samples, masked_loss
+
+
+def test_kept_samples_groups_per_position_statuses_by_sequence():
+    per_position = eqt.Solution(
+        z=torch.zeros(6, 2), status=torch.tensor([0, 1, 1, 1, int(eqt.Status.NONFINITE), 1]),
+        steps=torch.zeros(6, dtype=torch.int64), fevals=torch.zeros(6, dtype=torch.int64),
+        batch_fevals=0, trace={},
+    )
+    per_sequence = eqt.Solution(
+        z=torch.zeros(3, 2), status=torch.tensor([int(eqt.Status.DIVERGED), 0, 0]),
+        steps=torch.zeros(3, dtype=torch.int64), fevals=torch.zeros(3, dtype=torch.int64),
+        batch_fevals=0, trace={},
+    )
+    keep = kept_samples([per_position, per_sequence], 3, torch.device("cpu"))
+    assert keep.tolist() == [False, True, False]
+
+
+def test_masked_loss_ignores_a_nan_sequence_and_equals_the_plain_mean_without_one():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 2, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 2, (4, 5))
+    energy = torch.rand(4, dtype=torch.float64)
+    every = torch.ones(4, dtype=torch.bool)
+    nll, loss = masked_loss(logits, targets, energy, every, beta=0.3, length=5)
+    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert torch.allclose(nll, plain, rtol=1e-14)
+    assert torch.allclose(loss, plain + 0.3 * (energy / 5).mean(), rtol=1e-14)
+
+    poisoned = logits.detach().clone()
+    poisoned[2] = float("nan")
+    poisoned.requires_grad_()
+    bad_energy = energy.clone()
+    bad_energy[2] = float("nan")
+    keep = torch.tensor([True, True, False, True])
+    nll, loss = masked_loss(poisoned, targets, bad_energy, keep, beta=0.3, length=5)
+    rows = [0, 1, 3]
+    expected = F.cross_entropy(logits[rows].flatten(0, 1), targets[rows].flatten())
+    assert torch.allclose(nll, expected, rtol=1e-14) and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(poisoned.grad).all() and (poisoned.grad[2] == 0).all()
