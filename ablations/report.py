@@ -280,11 +280,16 @@ def plot_accuracy(table: Table, path: Path) -> None:
 
 
 def _mean_trace(by_seed: dict[int, dict[str, Any]], key: str) -> list[float]:
+    """Per step, the mean over the seeds that have a value there (a fixed-point solve records
+    no energy: its steps are None); empty when no step has one."""
     traces = [ev["trace"][key] for ev in by_seed.values() if ev.get("trace", {}).get(key)]
     if not traces:
         return []
     steps = min(len(t) for t in traces)
-    return [sum(t[i] for t in traces) / len(traces) for i in range(steps)]
+    values = [[t[i] for t in traces if t[i] is not None] for i in range(steps)]
+    if not any(values):
+        return []
+    return [sum(v) / len(v) if v else math.nan for v in values]
 
 
 def plot_traces(table: Table, name: str, path: Path) -> bool:

@@ -1,7 +1,9 @@
 """Chain solvers on trained chain EqT models: iterations and wall time against the length.
 
 Two chain EqT models are trained here with the ``recurrence`` preset's configuration (seed 0),
-one at L = 64 and one at L = 192 (``--quick``: a few steps, tiny lengths). For each model and
+one at L = 64 and one at L = 192, with training steps scaled with the length (the preset's
+per 64 positions; at L = 192 the preset's own count left a model at chance) (``--quick``: a few
+steps, tiny lengths). For each model and
 each length ``L`` in 64 ... 1,024, a batch of 32 random bit sequences goes through the
 backbone, and the ERM's chain ``z = F(z)`` over those proposals is solved in float64 from the
 proposal by every chain solver (and Picard, and Newton's variants) until the fixed-point
@@ -51,8 +53,9 @@ def trained(length: int, *, quick: bool) -> tuple[torch.nn.Module, RunConfig]:
     preset = presets.get("recurrence")
     variant = VariantSpec(stop_train=preset.stop_train, stop_eval=preset.stops[0],
                           **preset.variant)
-    config = RunConfig(variant=variant, length=length, seed=0,
-                       **{**preset.config, "test_size": 64})
+    steps = preset.config["train_steps"] * length // preset.lengths[0]
+    config = RunConfig(variant=variant, length=length, seed=0, eval_stops=("steps=0", "steps=1"),
+                       **{**preset.config, "test_size": 256, "train_steps": steps})
     if quick:
         config = dataclasses.replace(config, train_steps=3, warmup_steps=1, train_size=128)
     with tempfile.TemporaryDirectory() as workdir:

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from eqtheory import stopping
 from eqtheory.api import minimize
-from eqtheory.chain.problem import solve_chain
 from eqtheory.backward.base import BackwardMode
+from eqtheory.chain.problem import solve_chain
 from eqtheory.energies.anchor import Anchor
 from eqtheory.energies.base import Context, Energy, SumEnergy
 from eqtheory.energies.chain import Chain
