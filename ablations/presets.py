@@ -112,7 +112,7 @@ PRESETS: dict[str, Preset] = {
             backward="implicit",
         ),
         config=dict(
-            layers=1, width=32, heads=2, train_size=4096, test_size=512, train_steps=200,
+            layers=1, width=32, heads=2, train_size=4096, test_size=512, train_steps=400,
             batch_size=64, lr=3e-3, warmup_steps=20, checkpoint_every=100, eval_batch_size=256,
         ),
     ),

@@ -2,8 +2,7 @@
 
 Two chain EqT models are trained here with the ``recurrence`` preset's configuration (seed 0),
 one at L = 64 and one at L = 192, with training steps scaled with the length (the preset's
-per 64 positions; at L = 192 the preset's own count left a model at chance) (``--quick``: a few
-steps, tiny lengths). For each model and
+per 64 positions) (``--quick``: a few steps, tiny lengths). For each model and
 each length ``L`` in 64 ... 1,024, a batch of 32 random bit sequences goes through the
 backbone, and the ERM's chain ``z = F(z)`` over those proposals is solved in float64 from the
 proposal by every chain solver (and Picard, and Newton's variants) until the fixed-point
