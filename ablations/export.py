@@ -6,7 +6,8 @@
 Columns, in order: the run (``hash``, ``label``, ``status``, ``attempts``), its config fields
 (``task``, ``length`` (the trained length), ``seed``, ..., the variant's as ``variant.energy``,
 ``variant.solver``, ...), what training gave (``params``, ``train_loss``, ``train_nll``,
-``trained_steps``), the evaluation (``rule``, ``eval_length``), then the metrics of that
+``trained_steps``, and any other scalar the run's metrics hold, e.g. ``masked_sequences``),
+the evaluation (``rule``, ``eval_length``), then the metrics of that
 evaluation: scalars as they are, dicts of scalars one level deep as ``acc_by_position.q1``, ...;
 per-step traces and step histograms are left out (they are lists or open-ended dicts). Last, how
 it ran: ``train_s``, ``eval_s``, ``total_s``, ``device``, ``host``, ``git_commit`` and the
@@ -32,6 +33,7 @@ SKIPPED_METRICS = frozenset({"trace", "steps_hist", "diagnostics"})
 RUN_COLUMNS = ("hash", "label", "status", "attempts")
 RUN_METRICS = {"params": "params", "train_loss": "train_loss", "train_nll": "train_nll",
                "steps": "trained_steps"}  # metrics key -> column
+PER_EVAL_KEYS = ("evals", "evals_by_length")
 EVAL_COLUMNS = ("rule", "eval_length")
 TAIL_COLUMNS = ("train_s", "eval_s", "total_s", "device", "host", "git_commit")
 
@@ -79,6 +81,7 @@ def records(rows: list[Row]) -> tuple[list[str], list[dict[str, Any]]]:
     config_columns: dict[str, None] = {}
     metric_columns: dict[str, None] = {}
     env_columns: dict[str, None] = {}
+    run_metric_columns: dict[str, None] = {}
     for row in rows:
         if row.status != "done" or not row.metrics:
             continue
@@ -89,6 +92,10 @@ def records(rows: list[Row]) -> tuple[list[str], list[dict[str, Any]]]:
         run = {"hash": row.hash, "label": row.label, "status": row.status,
                "attempts": row.attempts}
         trained = {RUN_METRICS[k]: row.metrics.get(k) for k in RUN_METRICS}
+        extra = _flatten({k: v for k, v in row.metrics.items()
+                          if k not in RUN_METRICS and k not in PER_EVAL_KEYS})
+        trained.update(extra)
+        run_metric_columns.update(dict.fromkeys(extra))
         tail = {**{k: (row.timings or {}).get(k) for k in TAIL_COLUMNS[:3]},
                 "device": row.device, "host": row.host, "git_commit": row.git_commit}
         for rule, length, evaluation in evaluations(row):
@@ -96,7 +103,8 @@ def records(rows: list[Row]) -> tuple[list[str], list[dict[str, Any]]]:
             metric_columns.update(dict.fromkeys(metrics))
             lines.append({**run, **config, **trained, "rule": rule, "eval_length": length,
                           **metrics, **tail, **env})
-    columns = [*RUN_COLUMNS, *config_columns, *RUN_METRICS.values(), *EVAL_COLUMNS,
+    columns = [*RUN_COLUMNS, *config_columns, *RUN_METRICS.values(), *run_metric_columns,
+               *EVAL_COLUMNS,
                *metric_columns, *TAIL_COLUMNS, *env_columns]
     return columns, lines
 

@@ -29,6 +29,7 @@ def test_csv_has_one_line_per_run_rule_and_length(
         str(length): {stop: fake_eval(eqt, stop) for stop in eqt.eval_stops}
         for length in (16, 32, 48)
     }
+    metrics["masked_sequences"] = 3  # a run-level scalar: a column of its own
     db = sqlite3.connect(tmp_path / "results.sqlite")
     with db:
         db.execute("UPDATE runs SET metrics = ? WHERE hash = ?",
@@ -51,6 +52,8 @@ def test_csv_has_one_line_per_run_rule_and_length(
                    "params", "trained_steps", "total_s", "device", "git_commit"):
         assert column in first, column
     assert "trace" not in first and "steps_hist" not in first
+    assert {line["masked_sequences"] for line in lines if line["hash"] == eqt.hash()} == {"3"}
+    assert {line["masked_sequences"] for line in lines if line["hash"] != eqt.hash()} == {""}
 
     assert main(["--out", str(tmp_path), "--csv", "-"]) == 0
     assert capsys.readouterr().out == (tmp_path / "results.csv").read_text()
