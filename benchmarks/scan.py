@@ -57,8 +57,8 @@ def run(*, quick: bool = False) -> Report:
             report.rows.append({"T": length, "method": name, "ms": 1000 * seconds,
                                 "max error": float((x - reference).abs().max())})
     report.notes.append(
-        f"float32, batch {batch}, d {dim}, one thread; the scan's work is O(T log T d^3) against "
-        "the loop's O(T d^2), its depth log2 T against T: on one CPU core the loop wins, the "
-        "scan's depth pays where kernel launches dominate (a GPU, not measured here)."
+        f"float32, batch {batch}, d {dim}, one thread; the doubling scan's work is "
+        "O(T log T d^3) against the loop's O(T d^2), its depth log2 T against T: its depth can "
+        "only pay where kernel launches dominate (a GPU, not measured here)."
     )
     return report
