@@ -55,7 +55,7 @@ def names() -> list[str]:
 
 
 __all__ = [
-    "REGISTRY", "Anchor", "Bidir", "Chain", "Confidence", "Consist", "Context", "DoubleWell", "Energy",
-    "EnergyLike", "FunctionEnergy", "LogCosh", "Mask", "Memory", "Quadratic", "Smooth",
+    "REGISTRY", "Anchor", "Bidir", "Chain", "Confidence", "Consist", "Context", "DoubleWell",
+    "Energy", "EnergyLike", "FunctionEnergy", "LogCosh", "Mask", "Memory", "Quadratic", "Smooth",
     "SumEnergy", "as_energy", "get", "names", "parse", "random_mask", "random_spd",
 ]

@@ -1,8 +1,9 @@
 """Solvers: one protocol (``init``/``step``); `eqtheory.loop` owns stopping and statuses.
 
 >>> from eqtheory import solvers
->>> solvers.names()
-['anderson', 'broyden', 'deq', 'diffusion', 'gd', 'newton', 'picard', 'quasi_newton', 'sequential', 'ttt']
+>>> solvers.names()  # doctest: +NORMALIZE_WHITESPACE
+['anderson', 'broyden', 'deq', 'diffusion', 'gd', 'newton', 'picard', 'quasi_newton',
+ 'sequential', 'ttt']
 """
 
 from __future__ import annotations
