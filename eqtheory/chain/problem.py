@@ -24,6 +24,7 @@ from torch import Tensor
 
 from eqtheory.chain.cells import ChainCell
 from eqtheory.chain.scan import Method, reverse_linear_recurrence
+from eqtheory.loop import DEFAULT_MAX_STEPS
 from eqtheory.problem import Evaluation, Problem
 from eqtheory.solution import Solution
 
@@ -150,5 +151,5 @@ def solve_chain(
         )
     return _solve(
         problem, start, solver=solver_obj, stop=stop, backward=backward, readout=readout,
-        max_steps=1000, divergence=1e6, record_terms=False, solver_options={},
+        max_steps=DEFAULT_MAX_STEPS, divergence=1e6, record_terms=False, solver_options={},
     )

@@ -24,7 +24,7 @@ from torch import Tensor
 Method = Literal["scan", "sequential"]
 
 
-def _apply(J: Tensor, x: Tensor) -> Tensor:
+def apply_jacobian(J: Tensor, x: Tensor) -> Tensor:
     """``J x`` for dense ``J [..., d, d]`` or diagonal ``J [..., d]`` and ``x [..., d]``."""
     if J.dim() == x.dim():
         return J * x
@@ -43,18 +43,19 @@ def linear_recurrence(J: Tensor, c: Tensor, x0: Tensor, *, method: Method = "sca
     if method == "sequential":
         x, out = x0, []
         for t in range(c.shape[1]):
-            x = _apply(J[:, t], x) + c[:, t]
+            x = apply_jacobian(J[:, t], x) + c[:, t]
             out.append(x)
         return torch.stack(out, dim=1)
     if method != "scan":
         raise ValueError(f"method must be 'scan' or 'sequential', got {method!r}")
     # fold x0 into the first element: position 0 becomes the constant map x -> J_0 x0 + c_0
-    b = torch.cat([(_apply(J[:, 0], x0) + c[:, 0]).unsqueeze(1), c[:, 1:]], dim=1)
+    b = torch.cat([(apply_jacobian(J[:, 0], x0) + c[:, 0]).unsqueeze(1), c[:, 1:]], dim=1)
     A = J
     shift, length = 1, c.shape[1]
     while shift < length:
         # element t absorbs element t - shift: (A_t, b_t) o (A_{t-s}, b_{t-s})
-        b = torch.cat([b[:, :shift], _apply(A[:, shift:], b[:, :-shift]) + b[:, shift:]], dim=1)
+        absorbed = apply_jacobian(A[:, shift:], b[:, :-shift]) + b[:, shift:]
+        b = torch.cat([b[:, :shift], absorbed], dim=1)
         if shift * 2 < length:  # the last round needs no products of the maps
             head = A[:, :shift]
             tail = A[:, shift:] * A[:, :-shift] if diagonal else A[:, shift:] @ A[:, :-shift]

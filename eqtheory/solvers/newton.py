@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eqtheory.chain.scan import linear_recurrence
+from eqtheory.chain.scan import apply_jacobian, linear_recurrence
 from eqtheory.problem import Problem
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.registry import SOLVERS
@@ -73,10 +73,7 @@ class Newton(Solver):
         z = state["z"]
         fz, previous, jac = chain.linearise(z, diagonal=self.diagonal)
         jac = jac.to(z.dtype)
-        jac_previous = (
-            jac * previous if self.diagonal else (jac @ previous.unsqueeze(-1)).squeeze(-1)
-        )
-        affine = fz - jac_previous  # c_t = F(z)_t - J_t z_{t-1}
+        affine = fz - apply_jacobian(jac, previous)  # c_t = F(z)_t - J_t z_{t-1}
         s0 = chain.s0.to(z.dtype).expand(z.shape[0], -1)
         target = linear_recurrence(jac, affine, s0, method=self.scan)  # (B, T, d)
         if self.clip:
