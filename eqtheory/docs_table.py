@@ -34,8 +34,7 @@ def _extra(family: str, component: object) -> str:
         requires = ", ".join(component.requires) or "—"  # type: ignore[attr-defined]
         return f"{component.latent_layout}; context: {requires}"  # type: ignore[attr-defined]
     if family == "stopping":
-        primary = getattr(component, "primary", None)
-        comparator = getattr(component, "comparator", None)
+        primary, comparator = component.primary, component.comparator  # type: ignore[attr-defined]
         return f"`{component.name}{comparator}{primary.upper()}`" if primary else "options only"  # type: ignore[attr-defined]
     return ""
 

@@ -2,13 +2,18 @@
 
 Every family (energies, solvers, stopping rules, backward modes, tasks) keeps one `Registry`,
 filled by the `@REGISTRY.register("name")` decorator in the file that defines the component.
-The CLI, the docs components table and the contract tests all read these registries.
+A family package imports all of its modules with `import_modules`, so a new file in the package
+is registered without editing its ``__init__``; a module outside the package (a researcher's
+plugin) registers the same way when it is imported (`eqtheory.plugins`). The CLI, the docs
+components table and the contract tests (`eqtheory.testing.contracts`) all read the registries.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -74,6 +79,12 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> T:
+        """Remove and return the entry `name` (a temporary registration, e.g. in a test)."""
+        component = self.get(name)
+        del self._entries[name]
+        return component
+
     def get(self, name: str, *, context: str | None = None) -> T:
         """Return the component registered as `name`, or raise `UnknownNameError`."""
         try:
@@ -90,9 +101,11 @@ class Registry(Generic[T]):
         return component(**options)  # type: ignore[operator]
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
+        """``(name, component)`` pairs sorted by name."""
         return sorted(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
@@ -103,3 +116,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def import_modules(package: str, path: list[str]) -> list[str]:
+    """Import every public module of `package` (whose ``__path__`` is `path`), registering the
+    components they define; returns the module names imported, sorted.
+
+    A family's ``__init__`` calls ``import_modules(__name__, __path__)``: adding a component is
+    adding a file, with no import line to keep in step.
+    """
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names

@@ -7,19 +7,6 @@
 
 from __future__ import annotations
 
-from eqtheory.energies import (  # noqa: F401  (importing a term's file registers it)
-    anchor,
-    bidir,
-    chain,
-    confidence,
-    consist,
-    double_well,
-    logcosh,
-    mask,
-    memory,
-    quadratic,
-    smooth,
-)
 from eqtheory.energies.anchor import Anchor
 from eqtheory.energies.base import (
     Context,
@@ -41,17 +28,13 @@ from eqtheory.energies.parse import parse
 from eqtheory.energies.quadratic import Quadratic, random_spd
 from eqtheory.energies.registry import ENERGIES
 from eqtheory.energies.smooth import Smooth
+from eqtheory.registry import import_modules
+
+import_modules(__name__, __path__)  # every term's file registers itself on import
 
 REGISTRY = ENERGIES
-
-
-def get(name: str) -> type[Energy]:
-    """The energy class registered as `name` (did-you-mean error if unknown)."""
-    return ENERGIES.get(name)
-
-
-def names() -> list[str]:
-    return ENERGIES.names()
+get = ENERGIES.get  # the energy class registered as a name (did-you-mean error if unknown)
+names = ENERGIES.names
 
 
 __all__ = [

@@ -10,18 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eqtheory.solvers import (  # noqa: F401  (importing a solver's file registers it)
-    anderson,
-    broyden,
-    deq,
-    diffusion,
-    gd,
-    newton,
-    picard,
-    quasi_newton,
-    sequential,
-    ttt,
-)
+from eqtheory.registry import import_modules
 from eqtheory.solvers.anderson import Anderson
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.broyden import Broyden
@@ -32,16 +21,11 @@ from eqtheory.solvers.picard import Picard
 from eqtheory.solvers.registry import SOLVERS
 from eqtheory.solvers.ttt import TestTimeTraining
 
+import_modules(__name__, __path__)  # every solver's file registers itself on import
+
 REGISTRY = SOLVERS
-
-
-def get(name: str) -> type[Solver]:
-    """The solver class registered as `name` (did-you-mean error if unknown)."""
-    return SOLVERS.get(name)
-
-
-def names() -> list[str]:
-    return SOLVERS.names()
+get = SOLVERS.get  # the solver class registered as a name (did-you-mean error if unknown)
+names = SOLVERS.names
 
 
 def resolve(solver: str | Solver, **options: Any) -> Solver:

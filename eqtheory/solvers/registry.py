@@ -1,5 +1,12 @@
 """The solver registry (filled by ``@SOLVERS.register`` in each solver's file)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from eqtheory.registry import Registry
 
-SOLVERS: Registry = Registry("solver")
+if TYPE_CHECKING:
+    from eqtheory.solvers.base import Solver
+
+SOLVERS: Registry[type[Solver]] = Registry("solver")

@@ -5,16 +5,7 @@
 'residual<0.0001|steps=50'
 """
 
-from eqtheory.stopping import (  # noqa: F401  (registration side effects)
-    adaptive,
-    energy,
-    grad,
-    halt,
-    plateau,
-    residual,
-    stable,
-    steps,
-)
+from eqtheory.registry import import_modules
 from eqtheory.stopping.adaptive import AdaptiveBudget
 from eqtheory.stopping.base import AllRule, AnyRule, StepInfo, StopRule
 from eqtheory.stopping.energy import EnergyBelow
@@ -27,16 +18,11 @@ from eqtheory.stopping.residual import Residual
 from eqtheory.stopping.stable import Stable
 from eqtheory.stopping.steps import Steps
 
+import_modules(__name__, __path__)  # every rule's file registers itself on import
+
 REGISTRY = STOPPING
-
-
-def get(name: str) -> type[StopRule]:
-    """The rule class registered as `name`."""
-    return STOPPING.get(name)
-
-
-def names() -> list[str]:
-    return STOPPING.names()
+get = STOPPING.get  # the rule class registered as a name (did-you-mean error if unknown)
+names = STOPPING.names
 
 
 __all__ = [

@@ -62,9 +62,17 @@ def status_like(done: Tensor, status: Status) -> Tensor:
 
 
 class StopRule(nn.Module):
-    """Base class. Subclasses set `name` and implement `check` (and `init` if they keep state)."""
+    """Base class. Subclasses set `name` and implement `check` (and `init` if they keep state).
+
+    A rule with a short form declares it: ``primary`` names the constructor option the short
+    form sets and ``comparator`` (``"<"`` or ``"="``) how it is written, so ``residual<1e-4``
+    is ``residual(tol=1e-4)``; a rule without one (``primary = None``) is written
+    ``name(key=value,...)`` only.
+    """
 
     name: str = "rule"
+    primary: str | None = None
+    comparator: str | None = None
 
     def init(self, info: StepInfo) -> RuleState:
         """State before the first step (``info.step == 0``)."""

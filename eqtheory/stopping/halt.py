@@ -38,9 +38,10 @@ class Halt(StopRule):
         self.head = nn.LazyLinear(1)
 
     def halting_probability(self, z: Tensor) -> Tensor:
-        """``lambda(z): [B]`` for ``z: [B, *S, d]``."""
+        """``lambda(z): [B]`` for ``z: [B, *S, d]``, computed in the head's dtype (a float64
+        solve reads a float32 head)."""
         pooled = z.reshape(z.shape[0], -1, z.shape[-1]).mean(dim=1)  # (B, d)
-        return torch.sigmoid(self.head(pooled)).squeeze(-1)
+        return torch.sigmoid(self.head(pooled.to(self.head.weight.dtype))).squeeze(-1)
 
     def init(self, info: StepInfo) -> RuleState:
         zeros = torch.zeros_like(info.residual)

@@ -12,7 +12,7 @@ def _build(term: Term, text: str) -> StopRule:
     cls = STOPPING.get(term.name, context=text)
     options = dict(term.options)
     if term.comparator is not None:
-        primary, comparator = getattr(cls, "primary", None), getattr(cls, "comparator", None)
+        primary, comparator = cls.primary, cls.comparator
         if primary is None:
             raise SpecError(f"{term.name!r} takes options in parentheses, e.g. {term.name}(...)")
         if term.comparator != comparator:

@@ -13,13 +13,15 @@ not estimated):
   double_well} plus the anchor, with ``gamma`` drawn so that ``Phi`` is strongly convex; see its
   docstring for the certified ``mu_Phi`` and the smoothness constant on the sublevel set.
 * `contractive_maps`: ``f(z) = c tanh(W z + b)`` with ``||W||_2 = 1``, so ``Lip(f) <= c < 1``.
-* `energy_specs`, `stop_specs`, `variant_specs`: random valid spec strings / `VariantSpec` s.
+* `energy_specs`, `stop_specs`, `variant_specs`: random valid spec strings / `VariantSpec` s,
+  drawn over every registered term, rule, solver and backward mode.
 
 Size arguments take a value or a strategy (``dim=4`` or ``dim=st.integers(1, 6)``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -28,10 +30,12 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 from torch import Tensor, nn
 
+from eqtheory import stopping
 from eqtheory.backward.registry import BACKWARD
 from eqtheory.energies import Anchor, DoubleWell, Energy, LogCosh, Quadratic, random_spd
 from eqtheory.energies.registry import ENERGIES
 from eqtheory.solvers.registry import SOLVERS
+from eqtheory.stopping.registry import STOPPING
 from eqtheory.variants import KINDS, PLACEMENTS, VariantSpec
 
 DTYPE = torch.float64
@@ -227,7 +231,7 @@ def sequence_terms() -> list[str]:
         name
         for name in ENERGIES.names()
         if name != "anchor"
-        and getattr(ENERGIES.get(name), "latent_layout", "sequence") == "sequence"
+        and ENERGIES.get(name).latent_layout == "sequence"
     ]
 
 
@@ -257,16 +261,58 @@ def _tolerance() -> SearchStrategy:
     return st.builds(lambda m, e: float(f"{m}e-{e}"), st.integers(1, 99), st.integers(1, 9))
 
 
+def _option_values(default: object) -> SearchStrategy | None:
+    """Values for a rule option, by its default's type: booleans, counts up to ``2 default``
+    (at least 5), tolerances ``m e-e`` for a positive float, small integers for a float whose
+    default is 0 (a threshold that may be negative); None for an option of another type."""
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.integers(0, max(2 * default, 5))
+    if isinstance(default, float):
+        return _tolerance() if default > 0 else st.integers(-5, 5).map(float)
+    return None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _rule_atoms(name: str) -> SearchStrategy:
+    """Spec strings of one registered rule: its short form (``residual<1e-3``) when it declares
+    one, else ``name(key=value,...)`` over a drawn subset of its options; only strings the
+    rule's constructor accepts (``adaptive`` needs ``low <= high``)."""
+    cls = STOPPING.get(name)
+    params = {
+        key: values
+        for key, param in inspect.signature(cls).parameters.items()
+        if (values := _option_values(param.default)) is not None
+    }
+
+    @st.composite
+    def atom(draw) -> str:
+        if cls.primary is not None and cls.primary in params and draw(st.booleans()):
+            return f"{name}{cls.comparator}{_text(draw(params[cls.primary]))}"
+        keys = draw(st.lists(st.sampled_from(sorted(params)), unique=True)) if params else []
+        options = ",".join(f"{key}={_text(draw(params[key]))}" for key in sorted(keys))
+        return f"{name}({options})" if options else name
+
+    return atom().filter(_builds)
+
+
+def _builds(text: str) -> bool:
+    try:
+        stopping.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _stop_atoms() -> SearchStrategy:
-    return st.one_of(
-        st.integers(0, 60).map(lambda k: f"steps={k}"),
-        _tolerance().map(lambda t: f"residual<{t:g}"),
-        _tolerance().map(lambda t: f"residual(tol={t:g},relative=1)"),
-        _tolerance().map(lambda t: f"grad<{t:g}"),
-        _tolerance().map(lambda t: f"plateau<{t:g}"),
-        st.integers(-5, 5).map(lambda t: f"energy<{t:g}"),
-        st.integers(1, 5).map(lambda n: f"stable={n}"),
-    )
+    """One atom of every registered stopping rule (a new rule is drawn once registered)."""
+    return st.one_of([_rule_atoms(name) for name in STOPPING.names()])
 
 
 def stop_specs(max_leaves: int = 5) -> SearchStrategy:
