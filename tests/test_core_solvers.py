@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import eqtheory as eqt
-from tests.helpers import build_solver, solver_kinds
+from tests.helpers import build_solver
 
 SOLVERS = eqt.solvers.names()
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_every_solver_declares_its_problems_and_takes_a_step_size(name):
-    cls = eqt.solvers.get(name)
-    assert cls.solves and cls.solves <= {"minimize", "fixed_point", "chain"}
-    assert "step_size" in inspect.signature(cls).parameters
 
 
 @pytest.mark.parametrize("name", SOLVERS)
@@ -69,42 +60,6 @@ def test_fixed_point_solvers_solve_contractions(name, lipschitz, dim, seed):
     assert float((f(sol.z) - sol.z).abs().max()) < 1e-10
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_float32_works_and_keeps_dtype(name):
-    if "minimize" not in eqt.solvers.get(name).solves:
-        pytest.skip(f"{name} does not minimise energies")
-    energy = eqt.energies.Quadratic(dim=4, mu=1.0, L=4.0).float()
-    z0 = torch.zeros(2, 4)
-    with torch.no_grad():
-        sol = eqt.minimize(energy, z0, solver=build_solver(name, 0.2), stop="grad<1e-4|steps=3000")
-    assert sol.z.dtype == torch.float32
-    assert sol.counts() == {"converged": 2}, sol.messages()
-    assert torch.allclose(sol.z, energy.minimiser(2).float(), atol=1e-3)
-
-
-@pytest.mark.parametrize(("name", "kind"), solver_kinds())
-def test_solution_fields_have_the_documented_shapes(name, kind):
-    z0 = torch.zeros(3, 2, 4, dtype=torch.float64)
-    if kind == "minimize":
-        sol = eqt.minimize(
-            lambda z: 0.5 * (z**2).flatten(1).sum(1),
-            z0 + 1,
-            solver=build_solver(name, 0.5),
-            stop="steps=5",
-        )
-    else:
-        sol = eqt.fixed_point(
-            lambda z: 0.5 * z + 1, z0, solver=build_solver(name, 1.0), stop="steps=5"
-        )
-    assert sol.z.shape == z0.shape
-    assert sol.status.shape == sol.steps.shape == sol.fevals.shape == (3,)
-    assert (sol.status == eqt.Status.MAX_STEPS).all()
-    assert (sol.steps == 5).all() and (sol.fevals >= 6).all()
-    assert sol.batch_fevals >= int(sol.fevals.sum())
-    for name_, rows in sol.trace.items():
-        assert rows.shape == (6, 3), name_
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("name", SOLVERS)
 def test_runs_on_cuda(name):
@@ -130,13 +85,3 @@ def test_float32_fixed_point_with_collinear_residuals(name):
     assert sol.counts() == {"converged": 3}, sol.messages()
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_zero_steps_return_the_start_exactly(name):
-    """The K = 0 control: no solver may change z0 before its first step (noise included)."""
-    if "minimize" not in eqt.solvers.get(name).solves:
-        pytest.skip(f"{name} does not minimise energies")
-    z0 = torch.randn(3, 4, dtype=torch.float64)
-    energy = eqt.energies.Quadratic(dim=4)
-    with torch.no_grad():
-        sol = eqt.minimize(energy, z0, solver=build_solver(name, 0.1), stop="steps=0")
-    assert torch.equal(sol.z, z0)
