@@ -118,6 +118,15 @@ class GRUCell(ChainCell):
         # g = n + u (s - n): dg = dn + du (s - n) + u (I - dn)
         return dn * (1 - u).unsqueeze(-1) + (s - n).unsqueeze(-1) * du + u.unsqueeze(-1) * eye
 
+    def jacobian_diagonal(self, s: Tensor, h: Tensor) -> Tensor:
+        """The diagonal of `jacobian` without the ``d x d`` blocks (``O(d)`` per position):
+        ``dg_i/ds_i = (1 - u_i) dn_ii + (s_i - n_i) du_ii + u_i``."""
+        u, r, n, s_n = self._gates(s, self.project(h))
+        U_u, U_r, U_n = (torch.diagonal(w) for w in self.state.weight.split(self.dim, dim=0))
+        du = u * (1 - u) * U_u
+        dn = (1 - n**2) * (r * U_n + s_n * r * (1 - r) * U_r)
+        return dn * (1 - u) + (s - n) * du + u
+
 
 @CELLS.register("tanh")
 class TanhCell(ChainCell):

@@ -89,9 +89,10 @@ class ChainProblem(Problem):
         previous = self.shifted(z)
         fz = self.cell(previous, self.h)
         with torch.no_grad():
-            jac = self.cell.jacobian(previous, self.h)
             if diagonal:
-                jac = torch.diagonal(jac, dim1=-2, dim2=-1)
+                jac = self.cell.jacobian_diagonal(previous, self.h)
+            else:
+                jac = self.cell.jacobian(previous, self.h)
         return fz, previous, jac
 
     def solve_adjoint(self, z_star: Tensor, v: Tensor) -> Tensor:
