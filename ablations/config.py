@@ -144,6 +144,13 @@ class RunConfig:
                 values[key] = tuple(values[key])
         return cls(**values)
 
+    def ensemble_key(self) -> str:
+        """What runs that may train as one seed ensemble share: the canonical JSON of every
+        field but ``seed`` (equal keys: the runs differ only in their seed)."""
+        values = self.as_dict()
+        del values["seed"]
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
     def hash(self) -> str:
         """16 hex digits of sha256 over the canonical JSON of the non-execution fields
         (``eval_lengths`` only when given, so that configs without it keep their hash)."""

@@ -78,6 +78,11 @@ K0 = "steps=0"
 DIAGNOSTIC_SIZE = 256  # sequences for the per-token energy and the per-term gradient norms
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32, or as it is when its precision is higher (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 @dataclass
 class Diagnosis:
     """What one pass collects for the ``diagnostics`` block, on the CPU.
@@ -98,8 +103,9 @@ class Diagnosis:
 
     def add(self, model: EqT, out: ModelOutput, inputs: Tensor, sequences: int) -> None:
         """Add one batch: displacement of every sequence; energy and gradient norms of its
-        first ``sequences`` (float32, outside autocast)."""
-        pairs = [(z.float(), z0.float()) for z, z0 in zip(out.latents, out.proposals)]
+        first ``sequences`` (at least float32, outside autocast)."""
+        pairs = [(at_least_float32(z), at_least_float32(z0))
+                 for z, z0 in zip(out.latents, out.proposals)]
         self.displacement.append(
             torch.stack([relative_displacement(z, z0) for z, z0 in pairs]).cpu()  # (R, b, T)
         )
@@ -169,7 +175,7 @@ def run_pass(
         targets = test.targets[start : start + config.eval_batch_size].to(device)
         with autocast:
             out = model(inputs, stop=stop, with_energy=False)
-        probs = torch.softmax(out.logits.float(), dim=-1)  # (b, T, V)
+        probs = torch.softmax(at_least_float32(out.logits), dim=-1)  # (b, T, V)
         top, prediction = probs.max(dim=-1)  # (b, T) each
         correct.append((prediction == targets).cpu())
         confidence.append(top.cpu())

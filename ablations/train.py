@@ -32,7 +32,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,9 @@ from tqdm import tqdm
 
 from ablations import tasks
 from ablations.config import RunConfig
-from ablations.evaluate import evaluate_all
+from ablations.evaluate import at_least_float32, evaluate_all
 from eqtheory.energies.mask import random_mask
+from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
 from eqtheory.solution import Solution
 from eqtheory.status import Status
 from eqtheory.variants import build
@@ -93,23 +94,40 @@ def kept_samples(solutions: list[Solution], batch: int, device: torch.device) ->
 
 
 def masked_loss(
-    logits: Tensor, targets: Tensor, energy: Tensor | None, keep: Tensor, *, beta: float,
-    length: int,
+    logits: Tensor, targets: Tensor, energy: Tensor | None, keep: Tensor, *, scored: Tensor,
+    beta: float, length: int,
 ) -> tuple[Tensor, Tensor]:
-    """``(nll, loss)`` over the kept sequences only: the mean cross-entropy of ``logits
-    [B, S, V]`` against ``targets [B, S]`` over the kept sequences' tokens, plus ``beta`` times
-    the kept sequences' mean energy per token (``energy: [B]`` or None). A rejected sequence
-    contributes neither value nor gradient (its logits and energy are selected away before any
-    arithmetic, the double-``where`` pattern, so a NaN there stays out); with every sequence kept
-    this is the plain batch mean."""
-    safe = torch.where(keep.view(-1, 1, 1), logits, 0)  # a NaN row must not reach the softmax
-    per_token = F.cross_entropy(safe.flatten(0, 1), targets.flatten(), reduction="none")
-    tokens = keep.repeat_interleave(targets.shape[1])  # (B*S,)
-    nll = torch.where(tokens, per_token, 0).sum() / tokens.sum().clamp(min=1)
+    r"""``(nll, loss)`` over the kept sequences' scored tokens, per ensemble member.
+
+    .. math:: \mathrm{nll} = \frac{\sum_{b,t} w_{bt}\, \mathrm{CE}_{bt}}
+              {\max(1, \sum_{b,t} w_{bt})}, \quad
+              w_{bt} = \mathrm{keep}_b \wedge \mathrm{scored}_t, \qquad
+              \mathrm{loss} = \mathrm{nll} + \beta\, \frac{\sum_b \mathrm{keep}_b E_b / T}
+              {\max(1, \sum_b \mathrm{keep}_b)}
+
+    Args:
+        logits: ``[*M, B, T, V]`` (``*M``: no axis for one run, ``[M]`` for an ensemble).
+        targets: ``[*M, B, T]`` classes; ``energy``: ``[*M, B]`` learned energy, or None.
+        keep: ``[*M, B]`` bool, the sequences in the loss (`kept_samples`).
+        scored: ``[T]`` bool, the task's scored positions.
+        beta, length: the energy's weight and the sequence length ``T`` (energy per token).
+
+    Returns:
+        ``nll, loss``: ``[*M]`` each. A rejected sequence contributes neither value nor gradient
+        (its logits and energy are selected away before any arithmetic, the double-``where``
+        pattern, so a NaN there stays out); positions are weighted, never gathered (no host
+        sync); with every sequence kept this is the plain mean over scored tokens.
+    """
+    safe = torch.where(keep[..., None, None], logits, 0)  # a NaN row must not reach the softmax
+    per_token = F.cross_entropy(
+        safe.flatten(0, -2), targets.flatten(), reduction="none"
+    ).view(targets.shape)  # (*M, B, T)
+    weight = keep[..., None] & scored  # (*M, B, T)
+    nll = torch.where(weight, per_token, 0).sum((-2, -1)) / weight.sum((-2, -1)).clamp(min=1)
     if energy is None:
         return nll, nll
-    per_sequence = torch.where(keep, energy.float() / length, 0)
-    return nll, nll + beta * per_sequence.sum() / keep.sum().clamp(min=1)
+    per_sequence = torch.where(keep, energy.to(nll.dtype) / length, 0)  # (*M, B)
+    return nll, nll + beta * per_sequence.sum(-1) / keep.sum(-1).clamp(min=1)
 
 
 def learning_rate(step: int, config: RunConfig) -> float:
@@ -243,6 +261,122 @@ def _resume(
     return state
 
 
+def make_optimizer(
+    model: torch.nn.Module, config: RunConfig, *, device: torch.device, members: int = 1
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on each member's matrices only (a parameter with ``dim >= 2``
+    per member; none on biases, LayerNorms, scalars). ``members > 1``: every parameter carries
+    a leading member axis (`eqtheory.model.ensemble.stack`); AdamW acts elementwise, so each
+    member's slice takes the update a single run would."""
+    member_axes = 1 if members > 1 else 0
+    decay = [p for p in model.parameters() if p.dim() - member_axes >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() - member_axes < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, fused=device.type == "cuda",
+    )
+
+
+def clip_per_member(parameters: list[Tensor], max_norm: float, members: int) -> None:
+    r"""Clip each ensemble member's gradient on its own:
+    ``g_n <- g_n min(1, c / (||g_n|| + 1e-6))``, ``||g_n||`` the norm of member ``n``'s slice
+    over all parameters (each parameter ``[M, ...]``), as `torch.nn.utils.clip_grad_norm_` does
+    for one model (``members == 1``: that function). No host sync."""
+    if members == 1:
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (M,)
+    for grad in grads:
+        grad.mul_(scale.view(-1, *[1] * (grad.dim() - 1)).to(grad.dtype))
+
+
+def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Single runs' AdamW ``state_dict``\\ s (one parameter order) -> the ensemble's: moment
+    tensors stacked on a member axis, the shared step count and groups from the first."""
+    first = states[0]
+    return {
+        "param_groups": copy.deepcopy(first["param_groups"]),
+        "state": {
+            index: {key: torch.stack([s["state"][index][key] for s in states]) if value.dim()
+                    else value.clone() for key, value in entry.items()}
+            for index, entry in first["state"].items()
+        },
+    }
+
+
+def _member_optimizer_state(state: dict[str, Any], index: int) -> dict[str, Any]:
+    """Member ``index``'s AdamW ``state_dict`` (a single run's layout) from the ensemble's."""
+    return {
+        "param_groups": copy.deepcopy(state["param_groups"]),
+        "state": {
+            key: {name: value[index] if value.dim() else value for name, value in entry.items()}
+            for key, entry in state["state"].items()
+        },
+    }
+
+
+@dataclass
+class _Member:
+    """One run of a (possibly one-member) ensemble: its config, files, data and own model.
+
+    ``batch_at(step)`` gives the batch of optimizer step ``step`` (``inputs, targets [B, T]``
+    on the device) from the run's own seed; ``model`` is the run's own model (initialised from
+    its seed; the ensemble's weights are copied back into it for evaluation)."""
+
+    config: RunConfig
+    path: Path
+    task: tasks.Task
+    test_set: tasks.Batch
+    batch_at: Callable[[int], tuple[Tensor, Tensor]]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    state: dict[str, Any] | None = None  # the checkpoint it resumed from
+    failure: Exception | None = None
+
+
+def _member(config: RunConfig, workdir: Path, device: torch.device) -> _Member:
+    """Data, model and optimizer of one run, everything seeded from ``config.seed``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    length, seed = config.length, config.seed
+    task = tasks.get(config.task)
+    train_set, test_set = tasks.datasets(
+        task, length=length, seed=seed,
+        train_size=0 if config.fresh_sampling else config.train_size, test_size=config.test_size,
+    )
+    if not config.fresh_sampling and config.train_size < config.batch_size:
+        raise ValueError(f"train_size {config.train_size} < batch_size {config.batch_size}")
+    train_inputs, train_targets = train_set.inputs.to(device), train_set.targets.to(device)
+    steps_per_epoch = max(1, config.train_size // config.batch_size)
+    order: dict[int, torch.Tensor] = {}
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if config.fresh_sampling:  # drawn on the device: no host-to-device copy per step
+            gen = tasks.generator(seed, "fresh", step, device=device)
+            fresh = task.sample(config.batch_size, length, gen)
+            return fresh.inputs, fresh.targets
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch not in order:  # one permutation per epoch, moved once
+            order.clear()
+            shuffle = tasks.generator(seed, "order", epoch)
+            perm = torch.randperm(config.train_size, generator=shuffle)
+            order[epoch] = perm.to(device)
+        rows = order[epoch][index * config.batch_size : (index + 1) * config.batch_size]
+        return train_inputs[rows], train_targets[rows]
+
+    torch.manual_seed(tasks.derive_seed(seed, "init"))
+    model = build(
+        config.variant, vocab=task.vocab, width=config.width, layers=config.layers,
+        heads=config.heads, max_len=max((length, *config.eval_lengths)),
+    ).to(device)
+    return _Member(
+        config=config, path=workdir / CHECKPOINT, task=task, test_set=test_set,
+        batch_at=batch_at, model=model, optimizer=make_optimizer(model, config, device=device),
+    )
+
+
 def train_run(
     config: RunConfig,
     *,
@@ -258,169 +392,249 @@ def train_run(
         TrainingDiverged: the loss became non-finite.
         CheckpointMismatch: the checkpoint in ``workdir`` has another config hash.
     """
-    started = time.perf_counter()
+    (result,) = train_runs([config], workdirs=[workdir], progress=progress, log=log)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def train_runs(
+    configs: Sequence[RunConfig],
+    *,
+    workdirs: Sequence[Path],
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[RunResult | Exception]:
+    """Train runs that differ only in their seed as one **seed ensemble** (one run: `train_run`).
+
+    The members' models are stacked (`eqtheory.model.ensemble.stack`) and trained as one: each
+    step feeds every member its own batch (and mask) from its own seed, sums the members' losses
+    (each member's gradient is its own), clips each member's gradient norm on its own
+    (`clip_per_member`) and takes one AdamW step (elementwise, so per member; weight decay on
+    each member's matrices). Each member checkpoints into its own ``workdir`` in a single run's
+    format, and is evaluated alone with its own weights, so its metrics are a single run's up
+    to float rounding. Falls back to training the runs one by one (logged) when the models
+    cannot be stacked (`EnsembleUnsupported`: a GRU, a memory bank, a learned step size) or
+    their checkpoints stand at different steps.
+
+    Returns:
+        Per run, in order: its `RunResult`, or the exception that ended it
+        (`TrainingDiverged`, `CheckpointMismatch`); a diverged member stops alone.
+    """
     log = log or (lambda message: None)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    if len(configs) != len(workdirs) or not configs:
+        raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
+    if len({config.ensemble_key() for config in configs}) > 1:
+        raise ValueError("an ensemble's runs may differ only in their seed")
+    started = time.perf_counter()
+    device = resolve_device(configs[0].device)
+    members = [_member(c, Path(w), device) for c, w in zip(configs, workdirs)]
+    for member in members:
+        try:
+            member.state = _resume(
+                member.path, member.config, member.model, member.optimizer, device=device,
+                log=log,
+            )
+        except CheckpointMismatch as error:
+            member.failure = error
+    alive = [m for m in members if m.failure is None]
+    reason = _split_reason(alive)
+    if reason is not None:
+        log(f"ensemble of {len(alive)} trained one by one: {reason}")
+        for member in alive:
+            (result,) = train_runs([member.config], workdirs=[member.path.parent],
+                                   progress=progress, log=log)
+            member.failure = result if isinstance(result, Exception) else None
+            member.state = {"result": result}
+    elif alive:
+        _train(alive, device=device, started=started, progress=progress, log=log)
+    return [m.failure if m.failure is not None else m.state["result"] for m in members]
+
+
+def _split_reason(members: list[_Member]) -> str | None:
+    """Why these members cannot train as one ensemble (None: they can)."""
+    if len(members) < 2:
+        return None
+    steps = {0 if m.state is None else int(m.state["step"]) for m in members}
+    if len(steps) > 1:
+        return f"their checkpoints stand at different steps {sorted(steps)}"
+    try:
+        check_stackable([m.model for m in members])
+    except EnsembleUnsupported as error:
+        return str(error)
+    return None
+
+
+def _train(
+    members: list[_Member], *, device: torch.device, started: float, progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Train ``members`` (all at one step) as one model, then evaluate each; sets each
+    member's ``state["result"]`` or ``failure``."""
+    count, config = len(members), members[0].config
+    spec, length = config.variant, config.length
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.amp and device.type == "cuda" else contextlib.nullcontext()
     )
-    spec, length, seed = config.variant, config.length, config.seed
+    scored = members[0].task.scored(length).to(device)  # (T,) bool
+    if count == 1:
+        model, optimizer = members[0].model, members[0].optimizer
+    else:
+        model = stack([m.model for m in members])
+        optimizer = make_optimizer(model, config, device=device, members=count)
+        if members[0].state is not None:
+            optimizer.load_state_dict(_stack_optimizer_states(
+                [m.optimizer.state_dict() for m in members]
+            ))
+    if config.compile:  # blocks and the refinement step, on CPU or CUDA (ablations.compile)
+        from ablations.compile import compile_model  # imports torch._dynamo only when asked
 
-    # ---- data: fixed train/test sets from the seed (or fresh batches each step)
-    task = tasks.get(config.task)
-    train_set, test_set = tasks.datasets(
-        task, length=length, seed=seed,
-        train_size=0 if config.fresh_sampling else config.train_size, test_size=config.test_size,
-    )
-    if not config.fresh_sampling and config.train_size < config.batch_size:
-        raise ValueError(f"train_size {config.train_size} < batch_size {config.batch_size}")
-    scored = task.scored(length).to(device)  # (T,) bool
-    train_inputs, train_targets = train_set.inputs.to(device), train_set.targets.to(device)
-    steps_per_epoch = max(1, config.train_size // config.batch_size)
-    order: dict[int, torch.Tensor] = {}
-
-    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of optimizer step ``step``: ``inputs, targets [batch, T]`` on the device."""
-        if config.fresh_sampling:  # drawn on the device: no host-to-device copy per step
-            gen = tasks.generator(seed, "fresh", step, device=device)
-            fresh = task.sample(config.batch_size, length, gen)
-            return fresh.inputs, fresh.targets
-        epoch, index = divmod(step, steps_per_epoch)
-        if epoch not in order:  # one permutation per epoch, moved once
-            order.clear()
-            shuffle = tasks.generator(seed, "order", epoch)
-            perm = torch.randperm(config.train_size, generator=shuffle)
-            order[epoch] = perm.to(device)
-        rows = order[epoch][index * config.batch_size : (index + 1) * config.batch_size]
-        return train_inputs[rows], train_targets[rows]
-
-    # ---- model and optimizer (AdamW; no weight decay on biases, LayerNorms, scalars)
-    torch.manual_seed(tasks.derive_seed(seed, "init"))
-    model = build(
-        spec, vocab=task.vocab, width=config.width, layers=config.layers, heads=config.heads,
-        max_len=max((length, *config.eval_lengths)),
-    ).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, fused=device.type == "cuda",
-    )
-    if config.compile and device.type == "cuda":
-        for block in model.backbone.blocks:
-            block.compile()
+        compile_model(model)
     with_energy = spec.kind == "eqt"
+    names = [m.config.hash() for m in members]
 
-    # ---- resume
+    def say(index: int, message: str) -> None:
+        log(message if count == 1 else f"[{names[index]}] {message}")
+
+    # ---- resume: every member stands at the same step (`_split_reason`)
     step = last_checkpoint = 0
-    losses = torch.zeros(config.train_steps, 2, device=device)  # (loss, nll) per step
-    path = workdir / CHECKPOINT
-    state = _resume(path, config, model, optimizer, device=device, log=log)
-    if state is not None:
-        losses = state["losses"].to(device)
-        step = last_checkpoint = int(state["step"])
-        log(f"resumed from {path} at step {step}")
+    losses = torch.zeros(count, config.train_steps, 2, device=device)  # (loss, nll) per step
+    if members[0].state is not None:
+        losses = torch.stack([m.state["losses"].to(device) for m in members])
+        step = last_checkpoint = int(members[0].state["step"])
+        for index, member in enumerate(members):
+            say(index, f"resumed from {member.path} at step {step}")
 
     def checkpoint(done: int) -> None:
         nonlocal last_checkpoint
         last_checkpoint = done
-        _save(path, {
-            "config": config.as_dict(), "config_hash": config.hash(), "step": done,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "losses": losses.cpu(), "rng": {"torch": torch.get_rng_state()},
-        })
-        log(f"checkpoint step {done} -> {path}")
+        joint = optimizer.state_dict()
+        for index, member in enumerate(members):
+            if member.failure is not None:
+                continue
+            _save(member.path, {
+                "config": member.config.as_dict(), "config_hash": names[index], "step": done,
+                "model": model.state_dict() if count == 1 else member_state(model, index),
+                "optimizer": joint if count == 1 else _member_optimizer_state(joint, index),
+                "losses": losses[index].cpu(), "rng": {"torch": torch.get_rng_state()},
+            })
+            say(index, f"checkpoint step {done} -> {member.path}")
 
-    # ---- the loop
+    # ---- the loop: no host sync between log steps
     log_every = max(1, min(100, config.train_steps // 10))
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
-    masked = torch.zeros((), dtype=torch.int64, device=device)
+    first_bad = torch.full((count,), -1, dtype=torch.int64, device=device)  # per member
+    masked = torch.zeros(count, dtype=torch.int64, device=device)
 
-    def check_finite() -> None:  # a host sync: only at log and checkpoint steps
-        bad = int(first_bad)
-        if bad >= 0:
-            raise TrainingDiverged(
-                f"non-finite training loss at step {bad} (run {config.hash()}, lr {config.lr})"
-            )
+    def check_finite() -> bool:  # a host sync: only at log and checkpoint steps
+        for index, bad in enumerate(first_bad.tolist()):
+            if bad >= 0 and members[index].failure is None:
+                members[index].failure = TrainingDiverged(
+                    f"non-finite training loss at step {bad} (run {names[index]}, lr {config.lr})"
+                )
+        return any(m.failure is None for m in members)
 
-    bar = tqdm(total=config.train_steps, initial=step, disable=not progress, desc=config.hash())
+    bar = tqdm(total=config.train_steps, initial=step, disable=not progress,
+               desc="+".join(names))
     model.train()
+    parameters = list(model.parameters())
     while step < config.train_steps:
-        inputs, targets = batch_at(step)  # (B, T) each
+        batches = [m.batch_at(step) for m in members]
+        inputs = torch.stack([b[0] for b in batches])  # (M, B, T)
+        targets = torch.stack([b[1] for b in batches])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         model.set_gamma(gamma_at(step, config))
         mask = None
-        if with_energy:  # the mask term's positions, reproducible per step
-            gen = torch.Generator(device=device).manual_seed(tasks.derive_seed(seed, "mask", step))
-            mask = random_mask(inputs, MASK_RATE, generator=gen)
+        if with_energy:  # the mask term's positions, reproducible per member and step
+            mask = torch.stack([random_mask(
+                inputs[index], MASK_RATE, generator=torch.Generator(device=device).manual_seed(
+                    tasks.derive_seed(m.config.seed, "mask", step)),
+            ) for index, m in enumerate(members)]).flatten(0, 1)  # (M*B, T)
         with autocast:
-            out = model(inputs, mask=mask, with_energy=with_energy)
-            keep = kept_samples(out.solutions, inputs.shape[0], device)  # (B,) bool
-            logits = out.logits[:, scored].float()  # (B, S, V), S scored positions
+            out = model(inputs.flatten(0, 1), mask=mask, with_energy=with_energy)
+            rows = inputs.shape[0] * inputs.shape[1]  # M * B sequences
+            keep = kept_samples(out.solutions, rows, device).view(inputs.shape[:2])  # (M, B)
+            logits = out.logits.view(*inputs.shape, -1)  # (M, B, T, V)
+            logits = at_least_float32(logits)
+            energy = None if out.energy is None else out.energy.view(inputs.shape[:2])
             nll, loss = masked_loss(
-                logits, targets[:, scored], out.energy, keep, beta=spec.beta, length=length
-            )
-        masked = masked + (~keep).sum()  # sequences a solve rejected, left out of the loss
+                logits, targets, energy, keep, scored=scored, beta=spec.beta, length=length
+            )  # (M,) each
+        masked = masked + (~keep).sum(dim=1)  # sequences a solve rejected, left out of the loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        loss.sum().backward()  # member n's gradient is its own loss's
+        clip_per_member(parameters, config.grad_clip, count)
         optimizer.step()
         model.update_memories([z.detach() for z in out.latents])
-        losses[step] = torch.stack((loss.detach(), nll.detach()))
+        losses[:, step] = torch.stack((loss.detach(), nll.detach()), dim=-1)
         bad_now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
-        first_bad = torch.where(bad_now, torch.full_like(first_bad, step), first_bad)
+        first_bad = torch.where(bad_now, step, first_bad)
         step += 1
         bar.update(1)
         if step % log_every == 0 or step == config.train_steps:
-            check_finite()
-            loss_value, nll_value = losses[step - 1].tolist()
-            bar.set_postfix(loss=f"{loss_value:.4f}", nll=f"{nll_value:.4f}")
-            log(f"step {step}/{config.train_steps} loss {loss_value:.4f} nll {nll_value:.4f}")
+            if not check_finite():
+                break
+            values = losses[:, step - 1].tolist()
+            bar.set_postfix(loss=f"{values[0][0]:.4f}", nll=f"{values[0][1]:.4f}")
+            for index, (loss_value, nll_value) in enumerate(values):
+                say(index, f"step {step}/{config.train_steps} loss {loss_value:.4f} "
+                    f"nll {nll_value:.4f}")
         if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 \
                 and step < config.train_steps:
-            check_finite()
+            if not check_finite():
+                break
             checkpoint(step)
     bar.close()
-    check_finite()
-    if step != last_checkpoint:
+    if check_finite() and step != last_checkpoint:
         checkpoint(step)  # a kill during evaluation resumes straight to evaluation
     if device.type == "cuda":
         torch.cuda.synchronize()
-    trained = time.perf_counter()
+    train_s = (time.perf_counter() - started) / count  # the ensemble's time, shared evenly
+    masked_counts = masked.tolist()
+    for index, member in enumerate(members):
+        if member.failure is not None:
+            continue
+        if count > 1:
+            member.model.load_state_dict(member_state(model, index))
+        tail = losses[index, max(0, step - max(1, step // 10)) : step]  # the last 10% of steps
+        member.state = {"result": _evaluate(
+            member, tail, step, masked_counts[index], train_s=train_s, members=count,
+            device=device, autocast=autocast,
+        )}
 
-    # ---- evaluation
-    model.set_gamma(spec.gamma)
-    tail = losses[max(0, step - max(1, step // 10)) : step]  # the last 10% of steps
+
+def _evaluate(
+    member: _Member, tail: Tensor, step: int, masked: int, *, train_s: float, members: int,
+    device: torch.device, autocast: contextlib.AbstractContextManager,
+) -> RunResult:
+    """Evaluate one trained member alone (its own model): the run's metrics and timings."""
+    config, model, task = member.config, member.model, member.task
+    evaluated = time.perf_counter()
+    model.set_gamma(config.variant.gamma)
     metrics: dict[str, Any] = {
         "params": sum(p.numel() for p in model.parameters()),
         "train_loss": float(tail[:, 0].mean()) if step else None,
         "train_nll": float(tail[:, 1].mean()) if step else None,
         "steps": step,
-        "masked_sequences": int(masked),  # this invocation's training steps (not resumed ones)
-        "evals": evaluate_all(model, test_set, task, config, device=device, autocast=autocast),
+        "masked_sequences": masked,  # this invocation's training steps (not resumed ones)
+        "evals": evaluate_all(model, member.test_set, task, config, device=device,
+                              autocast=autocast),
     }
     if config.eval_lengths:  # length generalisation: fresh test sets of each length
         metrics["evals_by_length"] = {
-            str(other): metrics["evals"] if other == length else evaluate_all(
+            str(other): metrics["evals"] if other == config.length else evaluate_all(
                 model, tasks.datasets(
-                    task, length=other, seed=seed, train_size=0, test_size=config.test_size
+                    task, length=other, seed=config.seed, train_size=0,
+                    test_size=config.test_size,
                 )[1], task, config, device=device, autocast=autocast,
             )
             for other in config.eval_lengths
         }
     if device.type == "cuda":
         torch.cuda.synchronize()
-    finished = time.perf_counter()
-    return RunResult(
-        metrics=metrics,
-        timings={
-            "train_s": trained - started,
-            "eval_s": finished - trained,
-            "total_s": finished - started,
-        },
-    )
+    eval_s = time.perf_counter() - evaluated
+    timings = {"train_s": train_s, "eval_s": eval_s, "total_s": train_s + eval_s}
+    if members > 1:
+        timings["ensemble"] = float(members)
+    return RunResult(metrics=metrics, timings=timings)

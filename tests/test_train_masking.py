@@ -30,7 +30,9 @@ def test_masked_loss_ignores_a_nan_sequence_and_equals_the_plain_mean_without_on
     targets = torch.randint(0, 2, (4, 5))
     energy = torch.rand(4, dtype=torch.float64)
     every = torch.ones(4, dtype=torch.bool)
-    nll, loss = masked_loss(logits, targets, energy, every, beta=0.3, length=5)
+    nll, loss = masked_loss(
+        logits, targets, energy, every, scored=torch.ones(5, dtype=torch.bool), beta=0.3, length=5
+    )
     plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
     assert torch.allclose(nll, plain, rtol=1e-14)
     assert torch.allclose(loss, plain + 0.3 * (energy / 5).mean(), rtol=1e-14)
@@ -41,7 +43,10 @@ def test_masked_loss_ignores_a_nan_sequence_and_equals_the_plain_mean_without_on
     bad_energy = energy.clone()
     bad_energy[2] = float("nan")
     keep = torch.tensor([True, True, False, True])
-    nll, loss = masked_loss(poisoned, targets, bad_energy, keep, beta=0.3, length=5)
+    nll, loss = masked_loss(
+        poisoned, targets, bad_energy, keep, scored=torch.ones(5, dtype=torch.bool), beta=0.3,
+        length=5,
+    )
     rows = [0, 1, 3]
     expected = F.cross_entropy(logits[rows].flatten(0, 1), targets[rows].flatten())
     assert torch.allclose(nll, expected, rtol=1e-14) and torch.isfinite(loss)

@@ -1,0 +1,122 @@
+"""Seed ensembles: stacked models compute their members, and an ensemble trains its members as
+single runs would (float64, 1e-8), checkpoints in a single run's format, and refuses models it
+cannot stack."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+
+from ablations.config import RunConfig
+from ablations.train import CHECKPOINT, train_run, train_runs
+from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
+from eqtheory.variants import VariantSpec, build
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = RunConfig(
+    length=8, layers=1, width=16, heads=2, train_size=128, test_size=64, train_steps=20,
+    batch_size=16, warmup_steps=5, grad_clip=0.05, weight_decay=0.1,
+    eval_stops=("steps=0", "steps=2"), checkpoint_every=100, eval_batch_size=64,
+)
+LABELS = {
+    "baseline": VariantSpec(kind="baseline"),
+    "eqt": VariantSpec(stop_train="steps=2", stop_eval="steps=2"),
+}
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def models(spec: VariantSpec, count: int = 3) -> list[torch.nn.Module]:
+    built = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        built.append(build(spec, vocab=2, width=16, layers=2, heads=2, max_len=8))
+    return built
+
+
+@pytest.mark.parametrize("label", sorted(LABELS))
+def test_a_stacked_model_computes_each_member_on_its_rows(label, float64):
+    members = models(LABELS[label])
+    tokens = torch.randint(0, 2, (3, 5, 8))  # (N, B, T)
+    joint = stack(members)(tokens.flatten(0, 1), with_energy=True)
+    for index, (member, rows) in enumerate(zip(members, tokens)):
+        alone = member(rows, with_energy=True)
+        assert torch.allclose(joint.logits.view(3, 5, 8, 2)[index], alone.logits, atol=1e-12)
+        if alone.energy is not None:
+            assert torch.allclose(joint.energy.view(3, 5)[index], alone.energy, atol=1e-12)
+    for index, member in enumerate(members):
+        state = member_state(stack(members), index)
+        assert state.keys() == member.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in member.state_dict().items())
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    (VariantSpec(kind="rnn"), "'gru.weight_ih_l0' is not in a Linear, LayerNorm or Embedding"),
+    (VariantSpec(energy="bidir+memory"), "updates its own state"),
+    (VariantSpec(solver="gd(learn_step=true)"), "'erms.0.solver.log_step' is not in a Linear"),
+])
+def test_models_that_cannot_be_stacked_are_refused_naming_why(spec, reason):
+    with pytest.raises(EnsembleUnsupported, match=reason):
+        check_stackable(models(spec, 2))
+
+
+def test_a_member_major_batch_is_required():
+    joint = stack(models(LABELS["baseline"], 3))
+    with pytest.raises(ValueError, match="member-major batch; got first axis 4"):
+        joint(torch.zeros(4, 8, dtype=torch.long))
+
+
+def final_weights(workdir) -> dict[str, torch.Tensor]:
+    return torch.load(workdir / CHECKPOINT, weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("label", sorted(LABELS))
+def test_twenty_steps_of_an_ensemble_of_three_equal_three_single_runs(label, float64, tmp_path):
+    configs = [dataclasses.replace(SMALL, variant=LABELS[label], seed=s) for s in (0, 1, 2)]
+    joint = train_runs(configs, workdirs=[tmp_path / f"e{c.seed}" for c in configs])
+    for config, result in zip(configs, joint):
+        alone = train_run(config, workdir=tmp_path / f"s{config.seed}")
+        assert result.timings["ensemble"] == 3 and "ensemble" not in alone.timings
+        for name, value in final_weights(tmp_path / f"s{config.seed}").items():
+            ours = final_weights(tmp_path / f"e{config.seed}")[name]
+            assert torch.allclose(ours, value, rtol=0, atol=1e-8), name
+        assert result.metrics["train_loss"] == pytest.approx(alone.metrics["train_loss"], abs=1e-8)
+        for rule, record in alone.metrics["evals"].items():
+            assert result.metrics["evals"][rule]["acc"] == record["acc"]
+    weights = [final_weights(tmp_path / f"e{c.seed}")["backbone.head.weight"] for c in configs]
+    assert not torch.allclose(weights[0], weights[1])  # the members are not one model thrice
+
+
+def test_an_interrupted_ensemble_resumes_and_its_checkpoints_are_single_runs(tmp_path):
+    configs = [dataclasses.replace(SMALL, variant=LABELS["eqt"], seed=s, checkpoint_every=10)
+               for s in (0, 1)]
+
+    def kill_after_checkpoint(message: str) -> None:
+        if message.endswith(str(tmp_path / "e1" / CHECKPOINT)):
+            raise KeyboardInterrupt
+
+    workdirs = [tmp_path / "e0", tmp_path / "e1"]
+    with pytest.raises(KeyboardInterrupt):
+        train_runs(configs, workdirs=workdirs, log=kill_after_checkpoint)
+    assert torch.load(workdirs[0] / CHECKPOINT, weights_only=True)["step"] == 10
+    shutil.copytree(workdirs[1], tmp_path / "alone1")  # a member's checkpoint, resumed alone
+    whole = [train_run(c, workdir=tmp_path / f"whole{c.seed}").metrics for c in configs]
+    messages: list[str] = []
+    resumed = train_runs(configs, workdirs=workdirs, log=messages.append)
+    assert sum("resumed from" in m and "at step 10" in m for m in messages) == 2
+    alone = train_run(configs[1], workdir=tmp_path / "alone1", log=messages.append).metrics
+    assert messages[-1].startswith("checkpoint step 20") and "resumed from" in " ".join(messages)
+    for ours, theirs in zip([*resumed, alone], [*whole, whole[1]]):
+        ours = ours.metrics if hasattr(ours, "metrics") else ours
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert ours["evals"]["steps=2"]["acc"] == pytest.approx(theirs["evals"]["steps=2"]["acc"])
