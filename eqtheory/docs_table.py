@@ -1,14 +1,18 @@
 """Generate ``docs/components.md`` from the registries: ``python -m eqtheory.docs_table``.
 
-The table is derived, never hand-written; ``tests/test_docs.py`` fails when the committed file
-differs from what this prints (regenerate with ``make docs``).
+The table is derived, never hand-written: each row is a component's own docstring summary, its
+constructor options and what it declares. ``tests/test_docs.py`` fails when a committed row
+differs from what this prints (regenerate with ``make docs``); a component registered since
+then simply has no row until the next ``make docs``. ``--plugin FILE`` (repeatable) loads
+plugin files first, so their components are listed too.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 
-from eqtheory import backward, energies, solvers, stopping
+from eqtheory import backward, energies, plugins, solvers, stopping
 from eqtheory.registry import Registry
 
 
@@ -53,7 +57,8 @@ def render() -> str:
         "# Components",
         "",
         "Generated from the registries by `python -m eqtheory.docs_table` (`make docs`); do not",
-        "edit by hand. Each row is one file in `eqtheory/<family>/` plus its registry line.",
+        "edit by hand. Each row is one file in `eqtheory/<family>/`: its docstring's first line,",
+        "its constructor options and what it declares.",
         "",
     ]
     for family, title, registry, extra_title in FAMILIES:
@@ -69,5 +74,14 @@ def render() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """Print the table, after loading the ``--plugin`` files given."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE")
+    for path in parser.parse_args(argv).plugin:
+        plugins.load_file(path)
     print(render(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@ r"""``smooth``: an L2 smoothness prior between neighbouring positions.
 .. math:: E_{\text{smooth}}(z) = \sum_{t=1}^{T-1} \| z_t - z_{t-1} \|^2
 
 Not one of the paper's terms: it is the worked example of ``docs/energies.md`` (a new energy
-term is one file plus its registry line). A sequence of length 1 has energy 0.
+term is one file). A sequence of length 1 has energy 0.
 """
 
 from __future__ import annotations

@@ -275,8 +275,23 @@ def backward_gradient_is_finite_and_a_descent_direction(name: str) -> None:
     assert float(gradient @ exact) > 0, f"{name}: gradient {gradient} against {exact}"
 
 
+# ------------------------------------------------------------------------------- every family
+
+
+def _documented(family: str) -> Law:
+    def component_has_its_own_docstring_summary(name: str) -> None:
+        """The class's own docstring (not one inherited) opens with a summary line: the docs
+        table and ``help()`` read it."""
+        component = registries()[family].get(name)
+        doc = inspect.cleandoc(vars(component).get("__doc__") or "")
+        assert doc and doc.splitlines()[0].strip(), f"{family} {name!r}: no docstring of its own"
+
+    return component_has_its_own_docstring_summary
+
+
 LAWS: dict[str, list[Law]] = {
     "energies": [
+        _documented("energies"),
         energy_values_are_per_sample_and_finite,
         energy_of_a_sample_ignores_the_rest_of_the_batch,
         energy_gradient_matches_finite_differences,
@@ -285,17 +300,22 @@ LAWS: dict[str, list[Law]] = {
         energy_requires_names_every_context_key_it_cannot_do_without,
     ],
     "solvers": [
+        _documented("solvers"),
         solver_declares_its_problems_and_takes_a_step_size,
         solver_zero_steps_return_the_start_exactly,
         solver_float32_converges_and_keeps_dtype,
         solver_solution_fields_have_the_documented_shapes,
     ],
     "stopping": [
+        _documented("stopping"),
         rule_builds_from_defaults_and_its_spec_round_trips,
         rule_decides_per_sample,
         rule_runs_in_a_solve,
     ],
-    "backward": [backward_gradient_is_finite_and_a_descent_direction],
+    "backward": [
+        _documented("backward"),
+        backward_gradient_is_finite_and_a_descent_direction,
+    ],
 }
 
 
