@@ -49,7 +49,8 @@ class RunConfig:
         eval_lengths: further test lengths (length generalisation): the trained model is also
             evaluated on a test set of each of these lengths (``metrics["evals_by_length"]``).
         device: ``auto``, ``cpu`` or ``cuda``; ``amp``: bf16 autocast on CUDA; ``compile``:
-            ``torch.compile`` the backbone.
+            ``torch.compile`` the backbone blocks and the refinement step (energy value and
+            gradient), on CPU or CUDA (`ablations.compile`).
         checkpoint_every: optimizer steps between checkpoints (0: only at the end).
 
     Every value is checked when the config is made (`ValueError` naming the field): sizes are
