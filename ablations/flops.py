@@ -9,8 +9,8 @@ spends: the backbone forward ``2N + 2 n_{\text{layer}} T d`` (attention scores a
 Kaplan et al. 2020), and per energy *evaluation* (value and gradient, i.e. forward and backward
 through the energy network) ``4M + d`` (the update), times the number
 of evaluations actually made (`Solution.fevals`: a ``steps=K`` solve makes ``K + 1``, the start
-included). ``N`` excludes the token embedding (a lookup); ``M`` includes the borrowed readout of a
-``confidence`` term.
+included). ``N`` excludes the token embedding (a lookup); ``M`` includes the readout a term
+borrows from the model (``confidence``).
 
 Why ``4M`` (two forward passes), not the usual ``6M`` of a training step: ``grad_z E`` needs only
 the gradients with respect to the *inputs* of each linear layer (one product per layer backward;
@@ -30,7 +30,7 @@ from torch import nn
 
 from ablations.config import RunConfig
 from ablations.tasks import get as get_task
-from eqtheory.energies.confidence import Confidence
+from eqtheory.energies.parse import accepts
 from eqtheory.model import Block, EqT
 from eqtheory.model.eqt import flatten_terms
 from eqtheory.variants import VariantSpec, build
@@ -53,14 +53,14 @@ def main_params(model: EqT) -> int:
 
 
 def energy_params(model: EqT) -> int:
-    """``M``: parameters one ERM's energy evaluation reads (its own and any borrowed readout)."""
+    """``M``: parameters one ERM's energy evaluation reads: its own, and the model's readout
+    (LN_f + LM head) once per term that borrows it (a term whose constructor takes ``head``,
+    given the readout by `eqtheory.model.build`)."""
     if not model.erms:
         return 0
     energy = model.erms[0].energy
-    borrowed = sum(
-        _count(model.backbone.ln_f) + _count(model.backbone.head)
-        for term in flatten_terms(energy) if isinstance(term, Confidence) and term.own_head is None
-    )
+    readout = _count(model.backbone.ln_f) + _count(model.backbone.head)
+    borrowed = sum(readout for term in flatten_terms(energy) if accepts(type(term), "head"))
     return _count(energy) + borrowed
 
 

@@ -10,6 +10,7 @@ components table and the contract tests (`eqtheory.testing.contracts`) all read 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -55,6 +56,15 @@ def check_options(
                 f"unknown option {key!r} for {kind} {name!r}{hint} "
                 f"valid: {', '.join(sorted(valid)) or '(none)'}"
             )
+
+
+def check_fields(cls: type, values: dict[str, Any], *, kind: str) -> None:
+    """Raise `UnknownOptionError` if `values` has a key that is not a field of the dataclass
+    `cls` (e.g. a config read back from JSON); the message lists the valid fields."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in valid:
+            raise UnknownOptionError(did_you_mean(key, valid, kind=kind))
 
 
 class Registry(Generic[T]):

@@ -51,7 +51,7 @@ def quadratic(z):
         ),
         (
             lambda: eqt.energies.parse("quadratic", dimm=3),
-            r"unknown build dim 'dimm'; did you mean 'dim'\? valid: dim, vocab, window",
+            r"unknown shared energy option 'dimm'; did you mean 'dim'\? valid: .*\bvocab\b.*window",
         ),
         (lambda: eqt.stopping.parse("steps<5"), r"'steps' is written steps=VALUE"),
         (lambda: eqt.stopping.parse("residual<1e-4|"), r"expected 'name' at the end"),

@@ -3,8 +3,9 @@
 Grammar (see `eqtheory.spec`): ``sum := [weight '*'] term ('+' [weight '*'] term)*`` where a
 term is ``name``, ``name(key=value,...)`` or ``name=value`` (the term's primary option, e.g.
 ``anchor=10`` for ``gamma = 10``); weights are finite and >= 0 (``0*term`` switches it off).
-Keyword ``dims`` (one of `BUILD_DIMS`: ``dim``, ``vocab``, ``window``) are shared sizes, passed
-to every term whose constructor takes them; any other keyword is an error.
+Keywords (``dim=64, vocab=2``) are shared options, passed to every term whose constructor takes
+them and whose spec does not set them; a keyword no registered term's constructor takes is an
+error listing those that some term takes (a new term's sizes need no list kept in step).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from eqtheory.energies.registry import ENERGIES
 from eqtheory.registry import UnknownOptionError, check_options, did_you_mean
 from eqtheory.spec import SpecError, Tokens
 
-BUILD_DIMS = ("dim", "vocab", "window")
 
-
-def _accepts(cls: type, key: str) -> bool:
+def accepts(cls: type, key: str) -> bool:
+    """True if `cls`'s constructor has a parameter named `key`."""
     return key in inspect.signature(cls).parameters
 
 
@@ -87,15 +87,29 @@ def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
     return terms
 
 
-def parse(text: str, **dims: Any) -> Energy:
-    """Build the energy a spec string names. A single unweighted term is returned as itself."""
-    for key in dims:
-        if key not in BUILD_DIMS:
-            raise UnknownOptionError(did_you_mean(key, list(BUILD_DIMS), kind="build dim"))
-    built: list[tuple[float, Energy]] = []
-    for weight, cls, options in parse_terms(text):
-        shared = {k: v for k, v in dims.items() if k not in options and _accepts(cls, k)}
-        built.append((weight, cls(**options, **shared)))
-    if len(built) == 1 and built[0][0] == 1.0:
-        return built[0][1]
-    return SumEnergy(built)
+def build_term(cls: type[Energy], options: dict[str, Any], **shared: Any) -> Energy:
+    """``cls(**options)`` plus the `shared` options its constructor takes (``options`` win)."""
+    taken = {k: v for k, v in shared.items() if k not in options and accepts(cls, k)}
+    return cls(**options, **taken)
+
+
+def combine(terms: list[tuple[float, Energy]]) -> Energy:
+    """``sum_i w_i E_i`` as a `SumEnergy`; a single unweighted term is returned as itself."""
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return terms[0][1]
+    return SumEnergy(terms)
+
+
+def check_shared(shared: dict[str, Any]) -> None:
+    """Reject a shared option that no registered term's constructor takes."""
+    valid = sorted({k for _, cls in ENERGIES.items() for k in inspect.signature(cls).parameters})
+    for key in shared:
+        if key not in valid:
+            raise UnknownOptionError(did_you_mean(key, valid, kind="shared energy option"))
+
+
+def parse(text: str, **shared: Any) -> Energy:
+    """Build the energy a spec string names; `shared` options (``dim``, ``vocab``, ...) go to
+    every term that takes them. A single unweighted term is returned as itself."""
+    check_shared(shared)
+    return combine([(w, build_term(cls, opts, **shared)) for w, cls, opts in parse_terms(text)])
