@@ -13,6 +13,11 @@ leaves them ``running``, and `Store.reset_stale` resets them on the next start. 
 another runner took over (this runner was silent past the lease) is reported as ``lost``: its
 result is dropped, the other runner's row is left alone, and the sweep goes on.
 
+Seed ensembles (``run_local(ensemble=...)``, the runner's ``--ensemble``): the local executor
+claims a pending run together with pending runs that differ from it only in their seed
+(`claim_group`) and trains them as one model (`ablations.train.train_runs`); each member is
+still its own row, claimed, recorded and retried on its own.
+
 Every attempt records what decided its kernels (`ablations.environment.capture`, taken in the
 process that trained) in the row's ``environment``.
 """
@@ -20,6 +25,7 @@ process that trained) in the row's ``environment``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import socket
 import sqlite3
@@ -37,6 +43,8 @@ from ablations.config import RunConfig
 from ablations.store import DIVERGED, HEARTBEAT_S, Store
 
 TrainFn = Callable[..., Any]  # train_run(config, *, workdir, progress, log) -> RunResult
+# train_runs(configs, *, workdirs, progress) -> [RunResult | Exception] per run
+EnsembleTrainFn = Callable[..., list[Any]]
 EXECUTORS = ("local", "ray")
 LOST = "lost"  # record()'s status for a run whose row another runner took over
 
@@ -112,6 +120,28 @@ def attempt(
 
     `threads` > 0 sets torch's CPU threads for the attempt (0: leave torch's default).
     """
+
+    def alone(configs: list[RunConfig], *, workdirs: list[Path], progress: bool) -> list[Any]:
+        return [train_fn(configs[0], workdir=workdirs[0], progress=progress)]
+
+    return attempt_ensemble(
+        alone, [config], [run_hash], [workdir], progress=progress, threads=threads
+    )[0]
+
+
+def attempt_ensemble(
+    train_ensemble_fn: EnsembleTrainFn,
+    configs: list[RunConfig],
+    run_hashes: list[str],
+    workdirs: list[Path],
+    *,
+    progress: bool,
+    threads: int = 0,
+) -> list[Outcome]:
+    """Train runs that differ only in their seed as one seed ensemble
+    (`ablations.train.train_runs`); one `Outcome` per run, in order. A member's own exception
+    (returned in the list) is its outcome; an exception raised by the whole attempt is every
+    member's."""
     import torch
 
     from ablations.train import TrainingDiverged
@@ -122,19 +152,25 @@ def attempt(
     with warnings.catch_warnings(record=True) as caught:  # re-emitted by `record`, in the driver
         warnings.simplefilter("always", RuntimeWarning)
         try:
-            device, description = resolve_device(config.device)
+            device, description = resolve_device(configs[0].device)
             kernels = environment.capture(device)
-            workdir.mkdir(parents=True, exist_ok=True)
-            result = train_fn(
-                dataclasses.replace(config, device=device), workdir=workdir, progress=progress
-            )
-        except TrainingDiverged as error:
-            outcome = Outcome(
-                run_hash, ok=False, device=description, retryable=False,
-                error=f"{DIVERGED}: {error}", environment=kernels,
+            for workdir in workdirs:
+                workdir.mkdir(parents=True, exist_ok=True)
+            results: list[Any] = train_ensemble_fn(
+                [dataclasses.replace(c, device=device) for c in configs], workdirs=workdirs,
+                progress=progress,
             )
         except Exception as error:  # noqa: BLE001  (any failure of a run is recorded, not fatal)
-            tail = "".join(traceback.format_exception(error)[-12:])
+            results = [error] * len(configs)
+    outcomes = []
+    for run_hash, result in zip(run_hashes, results):
+        if isinstance(result, TrainingDiverged):
+            outcome = Outcome(
+                run_hash, ok=False, device=description, retryable=False,
+                error=f"{DIVERGED}: {result}", environment=kernels,
+            )
+        elif isinstance(result, Exception):
+            tail = "".join(traceback.format_exception(result)[-12:])
             outcome = Outcome(
                 run_hash, ok=False, device=description, error=tail, environment=kernels
             )
@@ -143,11 +179,57 @@ def attempt(
                 run_hash, ok=True, metrics=result.metrics, timings=dict(result.timings),
                 device=description, versions=versions(), environment=kernels,
             )
+        outcomes.append(outcome)
     runtime = tuple(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
     for other in caught:  # the rest as they would have been shown
         if not issubclass(other.category, RuntimeWarning):
             warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-    return dataclasses.replace(outcome, warnings=runtime)
+    return [dataclasses.replace(outcome, warnings=runtime) for outcome in outcomes]
+
+
+def ensemble_width(choice: str, config: RunConfig, members: int) -> int:
+    """How many of ``members`` same-but-seed runs of `config` train as one ensemble.
+
+    ``choice``: a whole number ``N >= 1`` (at most ``N``), or ``auto``: every member, capped
+    so that the members' estimated peak memory (`ablations.validate.estimate`, per run) fits in
+    half of the memory that is free now (CUDA: the device's free memory; CPU: the machine's
+    available memory), at least 1.
+    """
+    if choice != "auto":
+        return max(1, min(int(choice), members))
+    import torch
+
+    from ablations import validate
+
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    per_run = max(1.0, validate.estimate(config).peak_bytes)
+    return max(1, min(members, int(0.5 * free // per_run)))
+
+
+def claim_group(store: Store, hashes: list[str], ensemble: str) -> list[str]:
+    """Claim the oldest pending run among `hashes` and, with ``ensemble`` other than ``"1"``,
+    pending runs that differ from it only in their seed, up to `ensemble_width`; ``[]`` when
+    nothing is pending."""
+    first = store.claim_next(hashes)
+    if first is None:
+        return []
+    if ensemble == "1":
+        return [first]
+    config = store.config(first)
+    wanted = set(hashes)
+    mates = [row.hash for row in store.rows(status="pending")
+             if row.hash in wanted and row.config.ensemble_key() == config.ensemble_key()]
+    width = ensemble_width(ensemble, config, 1 + len(mates))
+    group = [first]
+    for run_hash in mates:
+        if len(group) == width:
+            break
+        if store.claim(run_hash):
+            group.append(run_hash)
+    return group
 
 
 class Heartbeat:
@@ -225,24 +307,39 @@ def run_local(
     progress: bool,
     on_finished: Callable[[str, str], None],
     threads: int = 0,
+    ensemble: str = "1",
+    train_ensemble_fn: EnsembleTrainFn | None = None,
 ) -> None:
-    """Run the pending runs among `hashes` one after another in this process."""
+    """Run the pending runs among `hashes` one after another in this process; with
+    ``ensemble`` other than ``"1"`` (a width or ``auto``, `claim_group`), runs that differ
+    only in their seed train together through `train_ensemble_fn`."""
     commit = git_commit()
     with Heartbeat(store.path) as heartbeat:
-        while (run_hash := store.claim_next(hashes)) is not None:
-            heartbeat.add(run_hash)
-            config = store.config(run_hash)
+        while group := claim_group(store, hashes, ensemble):
+            for run_hash in group:
+                heartbeat.add(run_hash)
+            workdirs = [out / "runs" / run_hash for run_hash in group]
             try:
-                outcome = attempt(
-                    train_fn, config, run_hash, out / "runs" / run_hash, progress=progress,
-                    threads=threads,
-                )
-            except BaseException:  # KeyboardInterrupt / SIGTERM: give the run back
-                store.release(run_hash)
+                if len(group) == 1 or train_ensemble_fn is None:
+                    outcomes = [attempt(
+                        train_fn, store.config(run_hash), run_hash, workdir, progress=progress,
+                        threads=threads,
+                    ) for run_hash, workdir in zip(group, workdirs)]
+                else:
+                    outcomes = attempt_ensemble(
+                        train_ensemble_fn, [store.config(h) for h in group], group, workdirs,
+                        progress=progress, threads=threads,
+                    )
+            except BaseException:  # KeyboardInterrupt / SIGTERM: give the runs back
+                for run_hash in group:
+                    store.release(run_hash)
                 raise
             finally:
-                heartbeat.discard(run_hash)
-            on_finished(run_hash, record(store, outcome, max_attempts=1 + retries, commit=commit))
+                for run_hash in group:
+                    heartbeat.discard(run_hash)
+            for run_hash, outcome in zip(group, outcomes):
+                status = record(store, outcome, max_attempts=1 + retries, commit=commit)
+                on_finished(run_hash, status)
 
 
 def _ray_attempt(

@@ -318,6 +318,52 @@ def _member_optimizer_state(state: dict[str, Any], index: int) -> dict[str, Any]
     }
 
 
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    mask: Tensor | None,
+    *,
+    scored: Tensor,
+    beta: float,
+    grad_clip: float,
+    with_energy: bool,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """One optimizer step of ``M`` members (one model, ``M = 1``, or stacked ones, `stack`).
+
+    Forward on the member-major batch ``inputs.flatten(0, 1)``, the `masked_loss` of each
+    member, backward of their sum, `clip_per_member`, ``optimizer.step()``. No host sync when
+    the model's solves have none (step budgets).
+
+    Args:
+        inputs, targets: ``[M, B, T]``; ``mask``: ``[M*B, T]`` bool (the mask term's
+            positions) or None.
+        scored: ``[T]`` bool; beta: the energy's weight; grad_clip: per-member norm cap.
+        with_energy: add ``beta`` times the learned energy to the loss.
+        autocast: the context of the forward pass and loss (bf16 on CUDA; None: none).
+
+    Returns:
+        ``loss, nll [M]`` (detached), ``keep [M, B]`` bool (`kept_samples`), and the refined
+        latents ``[M*B, T, d]`` per ERM (detached, for `EqT.update_memories`).
+    """
+    members, batch, length = inputs.shape
+    with autocast or contextlib.nullcontext():
+        out = model(inputs.flatten(0, 1), mask=mask, with_energy=with_energy)
+        keep = kept_samples(out.solutions, members * batch, inputs.device).view(members, batch)
+        logits = at_least_float32(out.logits.view(members, batch, length, -1))  # (M, B, T, V)
+        energy = None if out.energy is None else out.energy.view(members, batch)
+        nll, loss = masked_loss(
+            logits, targets, energy, keep, scored=scored, beta=beta, length=length
+        )  # (M,) each
+    optimizer.zero_grad(set_to_none=True)
+    loss.sum().backward()  # member n's gradient is its own loss's
+    clip_per_member(list(model.parameters()), grad_clip, members)
+    optimizer.step()
+    return loss.detach(), nll.detach(), keep, [z.detach() for z in out.latents]
+
+
 @dataclass
 class _Member:
     """One run of a (possibly one-member) ensemble: its config, files, data and own model.
@@ -537,7 +583,6 @@ def _train(
     bar = tqdm(total=config.train_steps, initial=step, disable=not progress,
                desc="+".join(names))
     model.train()
-    parameters = list(model.parameters())
     while step < config.train_steps:
         batches = [m.batch_at(step) for m in members]
         inputs = torch.stack([b[0] for b in batches])  # (M, B, T)
@@ -551,24 +596,14 @@ def _train(
                 inputs[index], MASK_RATE, generator=torch.Generator(device=device).manual_seed(
                     tasks.derive_seed(m.config.seed, "mask", step)),
             ) for index, m in enumerate(members)]).flatten(0, 1)  # (M*B, T)
-        with autocast:
-            out = model(inputs.flatten(0, 1), mask=mask, with_energy=with_energy)
-            rows = inputs.shape[0] * inputs.shape[1]  # M * B sequences
-            keep = kept_samples(out.solutions, rows, device).view(inputs.shape[:2])  # (M, B)
-            logits = out.logits.view(*inputs.shape, -1)  # (M, B, T, V)
-            logits = at_least_float32(logits)
-            energy = None if out.energy is None else out.energy.view(inputs.shape[:2])
-            nll, loss = masked_loss(
-                logits, targets, energy, keep, scored=scored, beta=spec.beta, length=length
-            )  # (M,) each
+        loss, nll, keep, latents = training_step(
+            model, optimizer, inputs, targets, mask, scored=scored, beta=spec.beta,
+            grad_clip=config.grad_clip, with_energy=with_energy, autocast=autocast,
+        )
         masked = masked + (~keep).sum(dim=1)  # sequences a solve rejected, left out of the loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()  # member n's gradient is its own loss's
-        clip_per_member(parameters, config.grad_clip, count)
-        optimizer.step()
-        model.update_memories([z.detach() for z in out.latents])
-        losses[:, step] = torch.stack((loss.detach(), nll.detach()), dim=-1)
-        bad_now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+        model.update_memories(latents)
+        losses[:, step] = torch.stack((loss, nll), dim=-1)
+        bad_now = ~torch.isfinite(loss) & (first_bad < 0)
         first_bad = torch.where(bad_now, step, first_bad)
         step += 1
         bar.update(1)

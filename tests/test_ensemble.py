@@ -120,3 +120,28 @@ def test_an_interrupted_ensemble_resumes_and_its_checkpoints_are_single_runs(tmp
         ours = ours.metrics if hasattr(ours, "metrics") else ours
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
         assert ours["evals"]["steps=2"]["acc"] == pytest.approx(theirs["evals"]["steps=2"]["acc"])
+
+
+def test_the_runner_trains_seed_ensembles_with_the_same_rows(tmp_path):
+    from ablations.run import main
+    from ablations.store import Store
+
+    tiny = ["train_steps=6", "train_size=64", "test_size=32", "batch_size=16", "width=16",
+            "heads=2", "layers=1", "checkpoint_every=3", "eval_batch_size=32"]
+    base = ["--lengths", "8", "--k-eval", "2", "--seeds", "0-2", "--no-report"]
+    for item in tiny:
+        base += ["--set", item]
+    rows = {}
+    for width in ("1", "auto"):
+        out = tmp_path / width
+        assert main([*base, "--out", str(out), "--ensemble", width]) == 0
+        with Store(out / "results.sqlite") as store:
+            rows[width] = {row.hash: row for row in store.rows()}
+    assert rows["1"].keys() == rows["auto"].keys() and len(rows["1"]) == 6  # 2 labels x 3 seeds
+    for run_hash, alone in rows["1"].items():
+        joint = rows["auto"][run_hash]
+        assert joint.status == alone.status == "done" and joint.attempts == 1
+        assert joint.timings["ensemble"] == 3 and "ensemble" not in alone.timings
+        assert joint.metrics["train_loss"] == pytest.approx(alone.metrics["train_loss"], rel=1e-4)
+        for rule, record in alone.metrics["evals"].items():
+            assert joint.metrics["evals"][rule]["acc"] == pytest.approx(record["acc"], abs=0.04)
