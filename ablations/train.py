@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from ablations import tasks
 from ablations.config import RunConfig
+from ablations.environment import resolve_device
 from ablations.evaluate import at_least_float32, evaluate_all
 from eqtheory.energies.mask import random_mask
 from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
@@ -70,17 +71,6 @@ class RunResult:
 
     metrics: dict[str, Any]
     timings: dict[str, float]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA if available), ``cpu`` or ``cuda``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def kept_samples(solutions: list[Solution], batch: int, device: torch.device) -> Tensor:
@@ -264,7 +254,8 @@ def _resume(
 def make_optimizer(
     model: torch.nn.Module, config: RunConfig, *, device: torch.device, members: int = 1
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on each member's matrices only (a parameter with ``dim >= 2``
+    """AdamW (the fused kernel on CPU and CUDA: its step count is never read back to the host)
+    with weight decay on each member's matrices only (a parameter with ``dim >= 2``
     per member; none on biases, LayerNorms, scalars). ``members > 1``: every parameter carries
     a leading member axis (`eqtheory.model.ensemble.stack`); AdamW acts elementwise, so each
     member's slice takes the update a single run would."""
@@ -274,7 +265,7 @@ def make_optimizer(
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, fused=device.type == "cuda",
+        lr=config.lr, fused=device.type in ("cpu", "cuda"),  # fused: no step-count reads
     )
 
 
