@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from eqtheory.registry import UnknownOptionError, did_you_mean
+from eqtheory.plugins import load_records
+from eqtheory.registry import check_fields, did_you_mean
 from eqtheory.variants import VariantSpec
 
 Task = Literal["parity", "parity_final"]
@@ -52,6 +53,10 @@ class RunConfig:
             ``torch.compile`` the backbone blocks and the refinement step (energy value and
             gradient), on CPU or CUDA (`ablations.compile`).
         checkpoint_every: optimizer steps between checkpoints (0: only at the end).
+        plugins: the plugin modules whose components the variant may name, as
+            `eqtheory.plugins.Plugin.record` strings (``"<file>@sha256:<hex>"``); their sha256s
+            are part of the hash (a changed plugin is a different run), and `from_dict` loads
+            them (checking the hashes) before it reads the variant.
 
     Every value is checked when the config is made (`ValueError` naming the field): sizes are
     whole numbers >= 1 (``train_steps``, ``warmup_steps``, ``checkpoint_every``, ``seed``:
@@ -84,6 +89,7 @@ class RunConfig:
     compile: bool = False
     checkpoint_every: int = 100
     eval_batch_size: int = 512
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.variant, VariantSpec):
@@ -123,24 +129,29 @@ class RunConfig:
             raise ValueError(f"eval_stops must be non-empty rule strings, got {self.eval_stops!r}")
         if any(type(n) is not int or n < 1 for n in self.eval_lengths):
             raise ValueError(f"eval_lengths must be whole numbers >= 1, got {self.eval_lengths!r}")
+        if any(not isinstance(p, str) or "@sha256:" not in p for p in self.plugins):
+            raise ValueError(
+                f"plugins must be '<source>@sha256:<hex>' records, got {self.plugins!r}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["eval_stops"] = list(self.eval_stops)
         values["eval_lengths"] = list(self.eval_lengths)
+        values["plugins"] = list(self.plugins)
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from a dict (as stored in the database); unknown keys are rejected."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in valid:
-                raise UnknownOptionError(did_you_mean(key, valid, kind="run config field"))
+        """Build from a dict (as stored in the database); unknown keys are rejected. The
+        recorded plugins are loaded first (their hashes checked), so that the variant may name
+        their components."""
+        check_fields(cls, values, kind="run config field")
         values = dict(values)
+        load_records(values.get("plugins", ()))
         if isinstance(values.get("variant"), dict):
             values["variant"] = VariantSpec.from_dict(values["variant"])
-        for key in ("eval_stops", "eval_lengths"):
+        for key in ("eval_stops", "eval_lengths", "plugins"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -154,9 +165,13 @@ class RunConfig:
 
     def hash(self) -> str:
         """16 hex digits of sha256 over the canonical JSON of the non-execution fields
-        (``eval_lengths`` only when given, so that configs without it keep their hash)."""
+        (``eval_lengths`` and ``plugins`` only when given, so that configs without them keep
+        their hash; of a plugin only its file's sha256 counts, not where the file lies)."""
         values = {k: v for k, v in self.as_dict().items() if k not in EXECUTION_FIELDS}
         if not self.eval_lengths:
             del values["eval_lengths"]
+        values["plugins"] = sorted(p.rpartition("@sha256:")[2] for p in self.plugins)
+        if not self.plugins:
+            del values["plugins"]
         canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -13,8 +13,12 @@ from __future__ import annotations
 import os
 import platform
 import re
+import socket
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # environment variables that change which kernels run or how many threads they use
 KERNEL_VARIABLES = (
@@ -22,6 +26,30 @@ KERNEL_VARIABLES = (
     "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "CUBLAS_WORKSPACE_CONFIG",
     "NVIDIA_TF32_OVERRIDE",
 )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if torch sees a device, else CPU), ``cpu`` or ``cuda``; a CUDA device
+    asked for where torch sees none is a `RuntimeError`."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def describe_device(device: str) -> str:
+    """What the database records of a resolved device: the GPU's name, or the CPU threads
+    and host."""
+    import torch
+
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu (threads={torch.get_num_threads()}, {socket.gethostname()})"
 
 
 @cache

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -41,6 +40,7 @@ from typing import Any
 from ablations import environment
 from ablations.config import RunConfig
 from ablations.store import DIVERGED, HEARTBEAT_S, Store
+from eqtheory.plugins import load_records
 
 TrainFn = Callable[..., Any]  # train_run(config, *, workdir, progress, log) -> RunResult
 # train_runs(configs, *, workdirs, progress) -> [RunResult | Exception] per run
@@ -94,19 +94,6 @@ def git_commit() -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def resolve_device(device: str) -> tuple[str, str]:
-    """(``cpu``/``cuda``, a description for the database: GPU name or CPU threads)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-        return device, f"cuda ({torch.cuda.get_device_name(0)})"
-    return device, f"cpu (threads={torch.get_num_threads()}, {socket.gethostname()})"
-
-
 def attempt(
     train_fn: TrainFn,
     config: RunConfig,
@@ -152,7 +139,9 @@ def attempt_ensemble(
     with warnings.catch_warnings(record=True) as caught:  # re-emitted by `record`, in the driver
         warnings.simplefilter("always", RuntimeWarning)
         try:
-            device, description = resolve_device(configs[0].device)
+            load_records(configs[0].plugins)  # a worker process loads the plugins itself
+            device = environment.resolve_device(configs[0].device).type
+            description = environment.describe_device(device)
             kernels = environment.capture(device)
             for workdir in workdirs:
                 workdir.mkdir(parents=True, exist_ok=True)

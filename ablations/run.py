@@ -43,16 +43,16 @@ from ablations import presets, validate
 from ablations.config import TASKS, RunConfig
 from ablations.executors import EXECUTORS
 from ablations.store import DEFAULT_LEASE_S, Store, UnreadableStore, check_lease, unreadable
-from eqtheory import stopping
+from eqtheory import plugins, stopping
 from eqtheory.registry import did_you_mean
 from eqtheory.variants import PLACEMENTS, VariantSpec, energy_terms
 
 BASELINE, EQT, AUX_ONLY, MATCHED, RNN = "baseline", "eqt", "aux-only", "compute-matched", "rnn"
-LABELS = (BASELINE, EQT, AUX_ONLY, MATCHED)
 # RunConfig fields with a flag of their own (not settable through --set)
 FLAG_FIELDS = {
     "variant": "--energy/--solver/...", "task": "--task", "length": "--lengths",
     "seed": "--seeds", "device": "--device", "eval_stops": "--stop/--k-eval",
+    "plugins": "--plugin",
 }
 DEFAULT = VariantSpec()
 VARIANT_FLAGS = ("energy", "solver", "alpha", "backward", "placement", "gamma", "beta")
@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a run config field (repeatable), e.g. --set train_steps=100 --set "
              "width=32; values are JSON (default: none)")
+    add("--plugin", action="append", default=[], metavar="FILE",
+        help="a Python file whose components (energy terms, solvers, stopping rules, backward "
+             "modes) register themselves on import, loaded before the flags are checked "
+             "(repeatable); installed packages' entry points in the group 'eqtheory.plugins' "
+             "load too. Each run records the files' sha256 (part of its hash) (default: none)")
     add("--out", default=None,
         help="output directory; refused if it is a file or cannot be created (default: "
              "runs/<preset>)")
@@ -264,14 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads per run, at most 256; 0 = torch's default (one per core). "
              "Small models gain little from more, and a busy machine makes torch's spinning "
              "threads up to 20x slower (default: 1)")
-    add("--ensemble", default="1", metavar="N|auto",
-        help="train runs that differ only in their seed as one seed ensemble of up to N "
-             "members (stacked weights, one model; every member is still its own row, with "
-             "its own data, initialisation, masks, clipping and checkpoint). auto: all the "
-             "seeds of a run, capped so that their estimated peak memory fits in half the "
-             "free memory (GPU: free device memory; CPU: available RAM). Models that cannot "
-             "be stacked (rnn, a memory energy, a learned step size) train one by one. "
-             "Local executor only (default: 1, no ensembles)")
     add("--ray-address", default=None,
         help="Ray cluster address for --executor ray (default: start a local instance)")
     add("--retries", type=int, default=1,
@@ -318,12 +315,14 @@ def plan(args: argparse.Namespace) -> Plan:
         preset = presets.get(args.preset)
     except ValueError as error:
         raise CliError(f"--preset: {error}") from None
+    try:
+        records = tuple(p.record() for p in [
+            *plugins.load_entry_points(), *(plugins.load_file(path) for path in args.plugin)
+        ])
+    except Exception as error:  # noqa: BLE001  (a plugin is user code: any failure is reported)
+        raise CliError(f"--plugin: {type(error).__name__}: {error}") from None
     if args.retries < 0:
         raise CliError("--retries must be >= 0")
-    if args.ensemble != "auto" and not (args.ensemble.isdigit() and int(args.ensemble) >= 1):
-        raise CliError(f"--ensemble must be a whole number >= 1 or 'auto', got {args.ensemble!r}")
-    if args.ensemble != "1" and args.executor != "local":
-        raise CliError(f"--ensemble {args.ensemble} needs --executor local")
     if not 0 <= args.threads <= validate.MAX_THREADS:
         raise CliError(f"--threads must be in 0..{validate.MAX_THREADS}, got {args.threads}")
     for name in VARIANT_FLAGS:  # flags not given take the preset's variant, else the default
@@ -423,7 +422,7 @@ def plan(args: argparse.Namespace) -> Plan:
     def add(label: str, **fields: Any) -> RunConfig:
         nonlocal total
         try:
-            config = RunConfig(**{**overrides, "device": args.device, **fields})
+            config = RunConfig(**{**overrides, "device": args.device, "plugins": records, **fields})
         except (ValueError, TypeError) as error:
             raise CliError(f"run config: {error}") from None
         if config.hash() not in runs:
@@ -474,17 +473,18 @@ def _task(text: str) -> None:
 
 
 def _matched_layers(config: RunConfig) -> int:
-    """Baseline depth with the FLOPs per token of EqT `config` at its step cap (``stop_eval``)."""
+    """Baseline depth with the FLOPs per token of EqT `config` at its step cap: the budget
+    of ``stop_eval`` (``steps=8|steps=32`` stops at 8; ``(a)&(b)`` at the larger cap)."""
     from ablations.flops import matched_layers
 
-    caps = [int(k) for k in re.findall(r"steps\s*=\s*(\d+)", config.variant.stop_eval)]
-    if not caps:
+    cap = stopping.parse(config.variant.stop_eval).budget()
+    if cap is None:
         raise CliError(
             f"the compute-matched control needs a step cap in the first --stop rule "
             f"(e.g. 'residual<1e-3|steps=32'), got {config.variant.stop_eval!r}; "
             "or use --no-controls"
         )
-    return matched_layers(config, max(caps))
+    return matched_layers(config, cap)
 
 
 def describe(label: str, config: RunConfig) -> str:
@@ -645,10 +645,6 @@ def sweep_runs(
             if status != "pending":
                 bar.update(1)
 
-        from ablations import train
-
-        # seed ensembles need the real trainer; an injected one (tests) runs members one by one
-        train_ensemble_fn = train.train_runs if train_fn is train.train_run else None
         try:
             if args.executor == "ray":
                 executors.run_ray(
@@ -659,7 +655,6 @@ def sweep_runs(
                 executors.run_local(
                     store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
                     progress=interactive, on_finished=on_finished, threads=args.threads,
-                    ensemble=args.ensemble, train_ensemble_fn=train_ensemble_fn,
                 )
         finally:
             bar.close()

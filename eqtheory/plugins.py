@@ -11,9 +11,9 @@ registered name is: spec strings, the runner's validation, the contract tests, t
   my_terms = "my_package.terms"`` in their ``pyproject.toml``).
 
 Each returns `Plugin` records ``(source, sha256)``: the sha256 of the module's file, which the
-runner stores with every run so that a result can be traced to the code that made it. Loading
-the same file again (same content) is a no-op, so a worker process may load what its driver
-loaded.
+runner stores with every run (``RunConfig.plugins``, part of its hash) so that a result can be
+traced to the code that made it; `load_records` loads them again, in a worker process or when a
+database is read, and checks the hashes. Loading the same file again (same content) is a no-op.
 
 >>> import pathlib, tempfile
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "my_rules.py"
@@ -52,6 +52,10 @@ class Plugin:
     source: str
     sha256: str
 
+    def record(self) -> str:
+        """``"<source>@sha256:<hex>"``: how a run stores it (`load_records` reads it back)."""
+        return f"{self.source}@sha256:{self.sha256}"
+
 
 _LOADED: dict[str, tuple[str, ModuleType]] = {}  # resolved path -> (sha256, module)
 
@@ -70,6 +74,7 @@ def load_file(path: str | Path) -> Plugin:
             clash: restart the process).
     """
     resolved = Path(path).expanduser().resolve()
+    source = str(resolved)
     if not resolved.is_file():
         raise FileNotFoundError(f"plugin file {str(path)!r} does not exist")
     if resolved.suffix != ".py":
@@ -81,7 +86,7 @@ def load_file(path: str | Path) -> Plugin:
             raise ValueError(
                 f"plugin {key!r} changed since this process loaded it; restart to load it again"
             )
-        return Plugin(str(path), sha256)
+        return Plugin(source, sha256)
     name = f"eqtheory_plugin_{resolved.stem}_{sha256[:12]}"
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
@@ -94,7 +99,7 @@ def load_file(path: str | Path) -> Plugin:
         del sys.modules[name]
         raise
     _LOADED[key] = (sha256, module)
-    return Plugin(str(path), sha256)
+    return Plugin(source, sha256)
 
 
 def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[Plugin]:
@@ -109,17 +114,30 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[Plugin]:
     return plugins
 
 
-def load(sources: list[str] | tuple[str, ...]) -> list[Plugin]:
-    """`load_file` for each path, and `load_entry_points` for each ``entry-point:...`` source
-    (as recorded by a run); the records in order."""
-    plugins: list[Plugin] = []
-    for source in sources:
+def load_records(records: list[str] | tuple[str, ...]) -> list[Plugin]:
+    """Load what `Plugin.record` strings name (a file, or ``entry-point:<name>=<module>``) and
+    check that each has the recorded sha256, so a run is rebuilt from the code that made it.
+
+    Raises:
+        ValueError: a malformed record, an entry point no installed package provides, or a
+            plugin whose file changed since the run recorded it.
+    """
+    loaded: list[Plugin] = []
+    for record in records:
+        source, sep, sha256 = record.rpartition("@sha256:")
+        if not sep or len(sha256) != 64:
+            raise ValueError(f"plugin record {record!r} is not '<source>@sha256:<64 hex>'")
         if source.startswith("entry-point:"):
-            name = source.removeprefix("entry-point:").partition("=")[0]
-            found = [p for p in load_entry_points() if p.source.startswith(f"entry-point:{name}=")]
+            found = [p for p in load_entry_points() if p.source == source]
             if not found:
-                raise ValueError(f"no installed package registers plugin {name!r}")
-            plugins.extend(found)
+                raise ValueError(f"no installed package provides plugin {source!r}")
+            plugin = found[0]
         else:
-            plugins.append(load_file(source))
-    return plugins
+            plugin = load_file(source)
+        if plugin.sha256 != sha256:
+            raise ValueError(
+                f"plugin {source!r} has sha256 {plugin.sha256[:12]}..., the run recorded "
+                f"{sha256[:12]}...: it changed since (restore it, or plan the run again)"
+            )
+        loaded.append(plugin)
+    return loaded

@@ -220,3 +220,18 @@ def test_smoke_run_trains_end_to_end_and_writes_a_done_row(
     assert set(rows["eqt"].metrics["evals"]) == {"steps=0", "steps=2"}
     assert set(rows["baseline"].metrics["evals"]) == {"steps=0"}
     assert 0.0 <= rows["eqt"].metrics["evals"]["steps=2"]["acc"] <= 1.0
+
+
+def test_the_compute_matched_depth_uses_the_rule_s_own_budget() -> None:
+    """``steps=8|steps=32`` stops at 8 (the first budget that fires), so the matched baseline
+    is matched at K = 8, not at the largest number written in the rule."""
+    from ablations.config import RunConfig
+    from ablations.flops import matched_layers
+    from ablations.run import _matched_layers
+    from eqtheory.variants import VariantSpec
+
+    config = RunConfig(variant=VariantSpec(stop_eval="steps=8|steps=32"), length=16)
+    assert matched_layers(config, 8) != matched_layers(config, 32)
+    assert _matched_layers(config) == matched_layers(config, 8)
+    both = RunConfig(variant=VariantSpec(stop_eval="(residual<1e-3|steps=8)&steps=32"), length=16)
+    assert _matched_layers(both) == matched_layers(both, 32)
