@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.common import machine, pin_threads
 from eqtheory.registry import did_you_mean
 
-BENCHMARKS = ("solvers", "memory", "overhead", "throughput", "chain", "scan")
+BENCHMARKS = ("solvers", "memory", "overhead", "throughput", "chain", "scan", "sweep")
 
 
 def available() -> list[str]:

@@ -145,3 +145,13 @@ def test_the_runner_trains_seed_ensembles_with_the_same_rows(tmp_path):
         assert joint.metrics["train_loss"] == pytest.approx(alone.metrics["train_loss"], rel=1e-4)
         for rule, record in alone.metrics["evals"].items():
             assert joint.metrics["evals"][rule]["acc"] == pytest.approx(record["acc"], abs=0.04)
+
+
+def test_the_sweep_benchmark_times_every_label_three_ways():
+    from benchmarks import sweep
+
+    report = sweep.run(quick=True)
+    assert [row["label"] for row in report.rows] == list(sweep.LABELS)
+    for row in report.rows:
+        assert row["sequential ms"] > 0 and row["stacked ms"] > 0 and row["vmap"] == "ok"
+        assert row["stacked speed-up"] == pytest.approx(row["sequential ms"] / row["stacked ms"])
