@@ -13,6 +13,13 @@ Per iteration ``k`` and per sample ``i`` still active:
 
 The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_STEPS``).
 
+**Budget path.** When the rule is a pure step budget (`StopRule.budget` set and
+`StopRule.stops_early` False: ``steps=K``, the setting of every training step), the loop takes
+exactly ``K`` steps and reads nothing back to the host: it does not ask whether any sample still
+runs (stopped samples are frozen by ``where`` anyway), statuses and counters stay on the device,
+and the graph guard flags non-finite samples without evaluating them again (`Guard`). This is
+also what lets `torch.func.vmap` run a solve over a stack of problems.
+
 **Gradients** (unrolled: the loop records a graph, `Problem.create_graph`). A rejected sample's
 step is discarded by ``torch.where``, but a NaN in its branch would still poison every
 parameter's gradient (``0 * NaN``). So each recording step evaluates through a `Guard`: a sample
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -42,7 +50,7 @@ from eqtheory.problem import Guard, MinimizeProblem, Problem, batch_norm
 from eqtheory.solution import Solution
 from eqtheory.solvers.base import Solver, State
 from eqtheory.status import Status
-from eqtheory.stopping.base import StepInfo, StopRule
+from eqtheory.stopping.base import RuleState, StepInfo, StopRule
 
 DEFAULT_MAX_STEPS = 1000
 COMPACT_BELOW = 0.5
@@ -92,6 +100,50 @@ def _take(values: dict, rows: Tensor, batch: int) -> dict:
     }
 
 
+@dataclass
+class _Setup:
+    """What every step of one solve reads and no step changes."""
+
+    solver: Solver
+    stop: StopRule
+    readout: Callable[[Tensor], Tensor]
+    has_energy: bool
+    graph: bool
+    host_checks: bool
+    """False on the budget path: no step reads a tensor back to the host."""
+    trace: _Trace
+
+
+@dataclass
+class _Carry:
+    """The loop's per-sample state over the working batch (``[W]`` tensors unless said)."""
+
+    state: State
+    rule_state: RuleState
+    z_norm: Tensor
+    bound: Tensor
+    start: Tensor  # [W, *S] the rule's z0
+    nan: Tensor
+    status: Tensor
+    active: Tensor
+    steps: Tensor
+    fevals: Tensor
+    quarantine: Tensor | None  # graph mode: samples rejected so far (None: none)
+    batch_fevals: int | Tensor  # over the working batch, all of it (a 0-d tensor once a
+    # solver reports per-sample counts: summed on the device, read once at the end)
+
+    PER_SAMPLE = ("z_norm", "bound", "start", "nan", "status", "active", "steps", "fevals")
+
+    def take(self, keep: Tensor) -> _Carry:
+        """The samples ``keep`` (int64 ``[W']``) only; none of them was rejected."""
+        width = self.active.shape[0]
+        return replace(
+            self, state=_take(self.state, keep, width),
+            rule_state=_take(self.rule_state, keep, width), quarantine=None,
+            **{name: getattr(self, name).index_select(0, keep) for name in self.PER_SAMPLE},
+        )
+
+
 def iterate(
     problem: Problem,
     solver: Solver,
@@ -105,140 +157,220 @@ def iterate(
 ) -> Solution:
     """Run `solver` on `problem` from ``z0: [B, *S]`` until `stop` (or ``max_steps``).
 
+    With a pure step budget (``stop.budget()`` set and ``stop.stops_early`` False, e.g.
+    ``steps=K``) it runs exactly that many steps and reads nothing back to the host; otherwise
+    it reads how many samples still run before each step, ends when none does, and compacts a
+    restrictable problem (`_compacting`).
+
     Returns:
         A `Solution`; see its docstring for the fields and their shapes.
     """
+    _check(problem, solver, z0)
+    if not problem.create_graph and torch.is_grad_enabled() and any(
+        p.requires_grad for p in solver.parameters()
+    ):  # a learned solver parameter (gd's learn_step) is differentiated through every step
+        problem.create_graph = True
+    budget = stop.budget()
+    budget_only = budget is not None and not stop.stops_early
+    setup = _Setup(
+        solver=solver, stop=stop, readout=readout or (lambda z: z),
+        has_energy=isinstance(problem, MinimizeProblem),
+        graph=problem.create_graph and torch.is_grad_enabled(), host_checks=not budget_only,
+        trace=_Trace(problem, record_terms),
+    )
+    carry = _start(setup, problem, z0, divergence)
+    steps = range(1, (max_steps if budget is None else budget) + 1)
+    result, rows = None, None
+    if problem.restrictable and setup.host_checks:
+        carry, result, rows = _compacting(setup, problem, carry, steps)
+    else:
+        carry, _ = _drive(setup, problem, carry, steps)
+    carry.status = torch.where(carry.active, int(Status.MAX_STEPS), carry.status)
+    result = _write_back(result, rows, carry)
+    return Solution(
+        z=result["z"], status=result["status"], steps=result["steps"], fevals=result["fevals"],
+        batch_fevals=int(carry.batch_fevals), trace=setup.trace.stacked(),
+    )
+
+
+def _check(problem: Problem, solver: Solver, z0: Tensor) -> None:
+    """Raise a `ValueError` unless `solver` solves `problem`'s kind and ``z0`` is ``[B, ...]``
+    with ``B >= 1``."""
     if problem.kind not in solver.solves:
         raise ValueError(
             f"solver {solver.name!r} solves {sorted(solver.solves)} problems, not {problem.kind!r}"
         )
     if z0.dim() < 1 or z0.shape[0] == 0:
         raise ValueError(f"z0 must have shape [B, ...] with B >= 1, got {list(z0.shape)}")
-    if not problem.create_graph and torch.is_grad_enabled() and any(
-        p.requires_grad for p in solver.parameters()
-    ):  # a learned solver parameter (gd's learn_step) is differentiated through every step
-        problem.create_graph = True
-    graph = problem.create_graph and torch.is_grad_enabled()
-    has_energy = isinstance(problem, MinimizeProblem)
-    batch, device = z0.shape[0], z0.device
-    readout = readout or (lambda z: z)
-    budget = stop.budget()
-    limit = max_steps if budget is None else budget
-    bound = divergence * (batch_norm(z0.detach()) + 1)
 
-    diverged_code = torch.tensor(int(Status.DIVERGED), device=device)
-    nonfinite_code = torch.tensor(int(Status.NONFINITE), device=device)
-    # On the CPU reading a flag back is free, so the loop asks whether every sample was accepted
-    # and then skips the per-sample freeze; on an accelerator that would add a host sync a step.
-    host_checks = device.type == "cpu"
-    state, init_evals = solver.init(problem, z0)
+
+def _start(setup: _Setup, problem: Problem, z0: Tensor, divergence: float) -> _Carry:
+    """The solver's initial state, the rule's verdict at step 0 and the first trace row."""
+    batch, device = z0.shape[0], z0.device
+    bound = divergence * (batch_norm(z0.detach()) + 1)
+    state, init_evals = setup.solver.init(problem, z0)
     nan = torch.full((batch,), float("nan"), dtype=z0.dtype, device=device)
     z_norm = batch_norm(state["z"].detach())
-    finite = _finite(state, z_norm, has_energy)
+    finite = _finite(state, z_norm, setup.has_energy)
     status = torch.where(finite, int(Status.RUNNING), int(Status.NONFINITE)).to(torch.int64)
-    active = finite
-    steps = torch.zeros(batch, dtype=torch.int64, device=device)
-    fevals = torch.full((batch,), init_evals, dtype=torch.int64, device=device)
-    batch_fevals = init_evals * batch
-
-    info = StepInfo(0, state["z"], z0, nan, nan, state["energy"], nan, state["grad_norm"], readout)
-    rule_state = stop.init(info)
-    done, codes, rule_state = stop.check(info, rule_state)
-    status = torch.where(active & done, codes, status)
-    active = active & ~done
-    trace = _Trace(problem, record_terms)
-    trace.record(state, nan, active, stop.trace_values(rule_state))
-
-    # Working batch: `rows` (None: all) of the full batch; per-sample tensors below are in its
-    # coordinates. `result` holds the full-size outputs of samples that left it.
-    work, rows, start = problem, None, z0
-    result = {"z": state["z"], "status": status, "steps": steps, "fevals": fevals}
-    can_compact = problem.restrictable
-    quarantine: Tensor | None = None  # graph mode: [W] samples rejected so far (None: none)
-    for k in range(1, limit + 1):
-        running = int(active.sum())
-        if running == 0:
-            break
-        if can_compact and running <= COMPACT_BELOW * active.shape[0]:
-            result = _write_back(result, rows, state["z"], status, steps, fevals)
-            keep = active.nonzero().squeeze(1)
-            rows = keep if rows is None else rows.index_select(0, keep)
-            width = active.shape[0]
-            state, rule_state = _take(state, keep, width), _take(rule_state, keep, width)
-            z_norm, bound, start, status, steps, fevals, nan, active = (
-                t.index_select(0, keep)
-                for t in (z_norm, bound, start, status, steps, fevals, nan, active)
-            )
-            work = problem.restrict(rows)
-            trace.compact(keep)
-            quarantine = None  # only running samples are kept, and none of them was rejected
-        width = active.shape[0]
-        guard = None
-        if graph:  # keep samples with a non-finite evaluation out of the graph (double where)
-            guard = Guard(_plain(state["z"]), quarantine)
-        work.guard = guard
-        try:
-            new, spent = solver.step(work, state)
-        finally:
-            work.guard = None
-        if isinstance(spent, int):
-            batch_fevals += spent * width
-            fevals = fevals + (active if spent == 1 else spent * active)
-        else:
-            spent = spent.expand(width)
-            batch_fevals += int(spent.sum())
-            fevals = fevals + spent * active
-        running_before = active
-        new_norm = batch_norm(_plain(new["z"]))
-        ok = _finite(new, new_norm, has_energy)
-        if guard is not None and guard.flagged is not None:
-            ok = ok & ~guard.flagged
-            quarantine = guard.flagged if quarantine is None else quarantine | guard.flagged
-        accept = active & ok & (new_norm <= bound)
-        residual = batch_norm(_plain(new["z"] - state["z"]))
-        relative = residual / (z_norm + 1e-12)
-        previous_energy = state["energy"]
-        if host_checks and bool(accept.all()):  # nothing to freeze: skip the selects
-            state, z_norm = new, new_norm
-        else:
-            state = _freeze(accept, new, state)
-            z_norm = torch.where(accept, new_norm, z_norm)
-        steps = steps + accept
-        active = accept
-        info = StepInfo(
-            k, state["z"], start, residual, relative, state["energy"], previous_energy,
-            state["grad_norm"], readout,
-        )
-        done, codes, new_rule_state = stop.check(info, rule_state)
-        if new_rule_state:
-            rule_state = _merge(active, new_rule_state, rule_state)
-        # samples that stop now: the rule's code if their step was accepted, else why it was not
-        rejected = torch.where(ok, diverged_code, nonfinite_code)
-        stopped = torch.where(accept, done, running_before)
-        if graph:  # rejected samples are evaluated at their last accepted iterate from now on
-            rejected_now = running_before & ~accept
-            if bool(rejected_now.any()):  # else no where enters the graph (bitwise gradients)
-                quarantine = rejected_now if quarantine is None else quarantine | rejected_now
-        status = torch.where(stopped, torch.where(accept, codes, rejected), status)
-        active = accept & ~done
-        trace.record(
-            state, torch.where(accept, residual, nan), accept, stop.trace_values(rule_state)
-        )
-    status = torch.where(active, int(Status.MAX_STEPS), status)
-    result = _write_back(result, rows, state["z"], status, steps, fevals)
-    return Solution(
-        z=result["z"], status=result["status"], steps=result["steps"], fevals=result["fevals"],
-        batch_fevals=int(batch_fevals), trace=trace.stacked(),
+    info = StepInfo(
+        0, state["z"], z0, nan, nan, state["energy"], nan, state["grad_norm"], setup.readout
+    )
+    rule_state = setup.stop.init(info)
+    done, codes, rule_state = setup.stop.check(info, rule_state)
+    status = torch.where(finite & done, codes, status)
+    active = finite & ~done
+    setup.trace.record(state, nan, active, setup.stop.trace_values(rule_state))
+    return _Carry(
+        state=state, rule_state=rule_state, z_norm=z_norm, bound=bound, start=z0, nan=nan,
+        status=status, active=active, steps=torch.zeros(batch, dtype=torch.int64, device=device),
+        fevals=torch.full((batch,), init_evals, dtype=torch.int64, device=device),
+        quarantine=None, batch_fevals=init_evals * batch,
     )
 
 
+def _drive(
+    setup: _Setup,
+    work: Problem,
+    carry: _Carry,
+    steps: range,
+    pause: Callable[[int, int], bool] | None = None,
+) -> tuple[_Carry, int | None]:
+    """Take the steps ``k`` in `steps` on the working problem `work`.
+
+    With host checks, before each step it reads how many samples still run: it ends when none
+    does, and when ``pause(running, width)`` holds it returns ``(carry, k)``, ``k`` the step not
+    yet taken. Otherwise (the budget path) it takes every step. Returns ``(carry, None)`` when it
+    did not pause."""
+    for k in steps:
+        if setup.host_checks:
+            running = int(carry.active.sum())
+            if running == 0:
+                break
+            if pause is not None and pause(running, carry.active.shape[0]):
+                return carry, k
+        carry, row = _step(setup, work, carry, k)
+        setup.trace.record(*row)
+    return carry, None
+
+
+def _compacting(
+    setup: _Setup, problem: Problem, carry: _Carry, steps: range
+) -> tuple[_Carry, dict[str, Tensor] | None, Tensor | None]:
+    """`_drive` that cuts the working batch down to the running samples (`Problem.restrict`)
+    once at most `COMPACT_BELOW` of it runs. Returns the last working batch's carry, the
+    full-size outputs of the samples that left it (None: none left) and its ``rows`` in the
+    full batch (None: all)."""
+    work, result, rows = problem, None, None
+    first = steps.start
+    while True:
+        carry, paused_at = _drive(
+            setup, work, carry, range(first, steps.stop),
+            pause=lambda running, width: running <= COMPACT_BELOW * width,
+        )
+        if paused_at is None:
+            return carry, result, rows
+        result = _write_back(result, rows, carry)
+        keep = carry.active.nonzero().squeeze(1)
+        rows = keep if rows is None else rows.index_select(0, keep)
+        carry = carry.take(keep)
+        work = problem.restrict(rows)
+        setup.trace.compact(keep)
+        first = paused_at
+
+
+def _step(
+    setup: _Setup, work: Problem, carry: _Carry, k: int
+) -> tuple[_Carry, tuple[State, Tensor, Tensor, dict[str, Tensor]]]:
+    """Step ``k``: the solver's step, acceptance (finite, within the divergence bound), the
+    freeze of samples not accepted, the rule's verdict and the statuses. Returns the new carry
+    and the trace row ``(state, residual, accepted, rule values)``."""
+    state, active = carry.state, carry.active
+    new, spent, flagged = _solver_step(setup, work, carry)
+    fevals, batch_fevals = _count(spent, active, carry.fevals, carry.batch_fevals)
+    new_norm = batch_norm(_plain(new["z"]))
+    ok = _finite(new, new_norm, setup.has_energy)
+    quarantine = carry.quarantine
+    if flagged is not None:
+        ok = ok & ~flagged
+        quarantine = flagged if quarantine is None else quarantine | flagged
+    accept = active & ok & (new_norm <= carry.bound)
+    residual = batch_norm(_plain(new["z"] - state["z"]))
+    relative = residual / (carry.z_norm + 1e-12)
+    if setup.host_checks and accept.device.type == "cpu" and bool(accept.all()):
+        kept, z_norm = new, new_norm  # nothing to freeze: skip the selects (a free read on CPU)
+    else:
+        kept = _freeze(accept, new, state)
+        z_norm = torch.where(accept, new_norm, carry.z_norm)
+    info = StepInfo(
+        k, kept["z"], carry.start, residual, relative, kept["energy"], state["energy"],
+        kept["grad_norm"], setup.readout,
+    )
+    done, codes, new_rule_state = setup.stop.check(info, carry.rule_state)
+    rule_state = _merge(accept, new_rule_state, carry.rule_state) if new_rule_state else (
+        carry.rule_state
+    )
+    # samples that stop now: the rule's code if their step was accepted, else why it was not
+    rejected = torch.where(ok, int(Status.DIVERGED), int(Status.NONFINITE))
+    stopped = torch.where(accept, done, active)
+    if setup.graph:  # rejected samples are evaluated at their last accepted iterate from now on
+        quarantine = _quarantine(setup, quarantine, active & ~accept)
+    status = torch.where(stopped, torch.where(accept, codes, rejected), carry.status)
+    row = (kept, torch.where(accept, residual, carry.nan), accept,
+           setup.stop.trace_values(rule_state))
+    return replace(
+        carry, state=kept, rule_state=rule_state, z_norm=z_norm, status=status,
+        active=accept & ~done, steps=carry.steps + accept, fevals=fevals, quarantine=quarantine,
+        batch_fevals=batch_fevals,
+    ), row
+
+
+def _solver_step(
+    setup: _Setup, work: Problem, carry: _Carry
+) -> tuple[State, Tensor | int, Tensor | None]:
+    """The solver's step on the working batch (through a `Guard` when it records a graph):
+    the new state, the evaluations spent and the samples the guard flagged (None: none)."""
+    guard = None
+    if setup.graph:  # keep samples with a non-finite evaluation out of the graph (double where)
+        guard = Guard(carry.state["z"].detach(), carry.quarantine, recheck=setup.host_checks)
+    work.guard = guard
+    try:
+        new, spent = setup.solver.step(work, carry.state)
+    finally:
+        work.guard = None
+    return new, spent, None if guard is None else guard.flagged
+
+
+def _count(
+    spent: Tensor | int, active: Tensor, fevals: Tensor, batch_fevals: int | Tensor
+) -> tuple[Tensor, int | Tensor]:
+    """Per-sample evaluations ``[W]`` (counted for active samples) and the working batch's
+    total after a step that spent `spent` (an int, or ``[W]``/``[1]`` per sample)."""
+    width = active.shape[0]
+    if isinstance(spent, int):
+        return fevals + (active if spent == 1 else spent * active), batch_fevals + spent * width
+    spent = spent.expand(width)
+    return fevals + spent * active, batch_fevals + spent.sum()
+
+
+def _quarantine(setup: _Setup, quarantine: Tensor | None, rejected_now: Tensor) -> Tensor | None:
+    """The samples rejected so far. With host checks a step that rejected none leaves it as it
+    was (None stays None: no ``where`` enters the graph); on the budget path it is always a
+    tensor (a ``where`` on an all-False mask: the same values and gradients)."""
+    if setup.host_checks and not bool(rejected_now.any()):
+        return quarantine
+    return rejected_now if quarantine is None else quarantine | rejected_now
+
+
 def _write_back(
-    result: dict[str, Tensor], rows: Tensor | None, z: Tensor, status: Tensor, steps: Tensor,
-    fevals: Tensor,
+    result: dict[str, Tensor] | None, rows: Tensor | None, carry: _Carry
 ) -> dict[str, Tensor]:
     """The full-size outputs with the working batch's ``rows`` (None: all of them) replaced."""
-    working = {"z": z, "status": status, "steps": steps, "fevals": fevals}
-    if rows is None:
+    working = {
+        "z": carry.state["z"], "status": carry.status, "steps": carry.steps,
+        "fevals": carry.fevals,
+    }
+    if rows is None or result is None:
         return working
     return {key: result[key].index_copy(0, rows, value) for key, value in working.items()}
 

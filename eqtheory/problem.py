@@ -36,6 +36,14 @@ class Evaluation:
     energy: Tensor | None
 
 
+def in_transform() -> bool:
+    """Whether a `torch.func` transform (``vmap``, ``grad``, ...) is running. Inside one a
+    tensor cannot be made to require a gradient, and ``requires_grad`` does not say whether the
+    tensors it wraps do: a problem then differentiates with `torch.func` and records a graph
+    whenever grad mode is on."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def batch_norm(x: Tensor) -> Tensor:
     """Per-sample Euclidean norm over every non-batch dimension: ``[B, ...] -> [B]``."""
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
@@ -56,13 +64,20 @@ class Guard:
     stopped otherwise are evaluated where their solver puts them, as without a guard, so the
     values of a problem whose samples interact (a sequence's positions) are unchanged.
 
+    With ``recheck=False`` (the loop's budget path, which reads nothing back to the host) a
+    sample found non-finite is flagged but not evaluated again: its step is still rejected and
+    frozen, and it is evaluated at ``safe`` from the next step on, but the evaluation that came
+    out non-finite stays in that step's graph (a NaN there can reach the parameters' gradients,
+    and a problem whose samples interact sees it in that step's values).
+
     Args:
         safe: ``[B, *S]`` detached iterates with a finite evaluation.
         skip: ``[B]`` bool, or None when no sample was rejected.
+        recheck: evaluate flagged samples again at ``safe`` (one host read per evaluation).
     """
 
-    def __init__(self, safe: Tensor, skip: Tensor | None) -> None:
-        self.safe, self.skip = safe, skip
+    def __init__(self, safe: Tensor, skip: Tensor | None, *, recheck: bool = True) -> None:
+        self.safe, self.skip, self.recheck = safe, skip, recheck
         self.flagged: Tensor | None = None
         """``[B]`` bool: samples evaluated at ``safe`` because their own evaluation was not
         finite (None: none so far)."""
@@ -76,7 +91,9 @@ class Guard:
         bad = ~_finite_rows(z, evaluation)
         if swap is not None:
             bad = bad & ~swap
-        if bool(bad.any()):  # evaluate again, the new bad samples at their safe iterate
+        if not self.recheck:
+            self.flagged = _union(self.flagged, bad)
+        elif bool(bad.any()):  # evaluate again, the new bad samples at their safe iterate
             self.flagged = _union(self.flagged, bad)
             evaluation = problem.evaluate(self._swapped(z, _union(swap, bad)))
         return evaluation
@@ -127,9 +144,12 @@ class Problem:
 
     def needs_graph(self, z0: Tensor) -> bool:
         """Whether a solve from ``z0`` must record an autograd graph: grad mode is on and ``z0``
-        or something the problem reads requires a gradient. Otherwise the loop keeps no graph
+        or something the problem reads requires a gradient (or, inside a `torch.func`
+        transform, where that cannot be seen, always). Otherwise the loop keeps no graph
         across steps (memory flat in the step count) and returns a plain tensor."""
-        return torch.is_grad_enabled() and (z0.requires_grad or self.has_trainable())
+        return torch.is_grad_enabled() and (
+            in_transform() or z0.requires_grad or self.has_trainable()
+        )
 
     def value(self, z: Tensor) -> Tensor:
         """``[B]`` energy without the gradient (line searches); fixed points have none."""
@@ -172,7 +192,7 @@ class MinimizeProblem(Problem):
         callables, only with grad mode on and ``z0`` not requiring a gradient."""
         if not torch.is_grad_enabled():
             return False
-        if z0.requires_grad:
+        if z0.requires_grad or in_transform():
             return True
         if not isinstance(self.energy, FunctionEnergy):
             return self.has_trainable()
@@ -182,11 +202,26 @@ class MinimizeProblem(Problem):
     def value(self, z: Tensor) -> Tensor:
         return check_per_sample(self.energy(z, self.context), z, what="the energy")
 
+    def _total(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(sum_i E_i(z), E(z) [B])``: the scalar `torch.func.grad_and_value` differentiates."""
+        energy = self.value(z)
+        return energy.sum(), energy
+
     def evaluate(self, z: Tensor) -> Evaluation:
+        """``grad_z E`` and ``E`` at ``z``; by `torch.autograd.grad`, or inside a `torch.func`
+        transform (``vmap`` over a stack of problems), where a tensor cannot be made to require
+        a gradient, by `torch.func.grad_and_value` (the same backward formulas)."""
         with torch.enable_grad():
-            z_in = z if (self.create_graph and z.requires_grad) else z.detach().requires_grad_()
-            energy = self.value(z_in)
-            (grad,) = torch.autograd.grad(energy.sum(), z_in, create_graph=self.create_graph)
+            if in_transform():
+                grad, (_, energy) = torch.func.grad_and_value(self._total, has_aux=True)(z)
+            else:
+                z_in = z if (self.create_graph and z.requires_grad) else (
+                    z.detach().requires_grad_()
+                )
+                energy = self.value(z_in)
+                (grad,) = torch.autograd.grad(
+                    energy.sum(), z_in, create_graph=self.create_graph
+                )
         if not self.create_graph:
             return Evaluation(optimality=grad.detach(), energy=energy.detach())
         return Evaluation(optimality=grad, energy=energy)
@@ -224,7 +259,7 @@ class FixedPointProblem(Problem):
         exactly when ``f`` reads a tensor that does (a closure over a parameter)."""
         if not torch.is_grad_enabled():
             return False
-        if z0.requires_grad:
+        if z0.requires_grad or in_transform():
             return True
         if not self.has_trainable():
             return False

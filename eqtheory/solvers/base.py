@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eqtheory.problem import Problem, batch_norm
+from eqtheory.problem import Problem, batch_norm, in_transform
 
 State = dict[str, Any]
 
@@ -73,9 +73,10 @@ def write_slot(buffer: Tensor, dim: int, slot: int, value: Tensor) -> Tensor:
     """``buffer`` with index ``slot`` of dimension ``dim`` (>= 1) replaced by ``value``.
 
     In place when no autograd graph is recorded through either tensor (a history buffer is then
-    scratch nobody else holds), else out of place so that unrolled backward stays correct.
+    scratch nobody else holds), else out of place so that unrolled backward stays correct (and
+    inside a `torch.func` transform, where ``requires_grad`` cannot tell).
     """
-    if buffer.requires_grad or value.requires_grad:
+    if buffer.requires_grad or value.requires_grad or in_transform():
         index = torch.tensor([slot], device=buffer.device)
         return buffer.index_copy(dim, index, value.unsqueeze(dim))
     buffer.select(dim, slot).copy_(value)

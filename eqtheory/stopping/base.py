@@ -73,6 +73,10 @@ class StopRule(nn.Module):
     name: str = "rule"
     primary: str | None = None
     comparator: str | None = None
+    stops_early: bool = True
+    """Whether the rule may stop a sample before its `budget` (tolerances, learned halting,
+    per-sample budgets). A rule with a budget that never stops early (``steps=K``) lets the
+    loop run exactly that many steps without reading anything back to the host."""
 
     def init(self, info: StepInfo) -> RuleState:
         """State before the first step (``info.step == 0``)."""
@@ -142,6 +146,11 @@ class _Combined(StopRule):
             results.append((done, code))
             new_state.update({f"{i}.{k}": v for k, v in sub.items()})
         return results, new_state
+
+    @property
+    def stops_early(self) -> bool:  # type: ignore[override]
+        """``a | b`` and ``a & b`` may stop a sample before their budget when a part may."""
+        return any(rule.stops_early for rule in self.rules)
 
     def trace_values(self, state: RuleState) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}

@@ -20,6 +20,7 @@ class Steps(StopRule):
     name = "steps"
     primary = "k"
     comparator = "="
+    stops_early = False
 
     def __init__(self, k: int = 50) -> None:
         super().__init__()
