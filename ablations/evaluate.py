@@ -72,6 +72,7 @@ from eqtheory.diagnostics import (
 )
 from eqtheory.model import EqT
 from eqtheory.model.eqt import ModelOutput
+from eqtheory.solution import Solution
 from eqtheory.status import Status
 
 K0 = "steps=0"
@@ -158,44 +159,94 @@ def _accumulate(rows: list[list[float]], trace: Tensor) -> None:
         rows[k][1] += count
 
 
+def split_output(out: ModelOutput, members: int) -> list[ModelOutput]:
+    """A stacked model's output on a member-major batch (`eqtheory.model.ensemble`) -> each
+    member's own: every per-sample tensor cut into ``members`` equal row blocks (traces
+    ``[K+1, N]`` along their sample axis); ``members == 1``: ``[out]``."""
+    if members == 1:
+        return [out]
+    solutions: list[list[Solution]] = [[] for _ in range(members)]
+    for solution in out.solutions:
+        parts = [t.chunk(members) for t in (solution.z, solution.status, solution.steps,
+                                            solution.fevals)]
+        traces = {key: value.chunk(members, dim=1) for key, value in solution.trace.items()}
+        for index in range(members):
+            z, status, steps, fevals = (part[index] for part in parts)
+            solutions[index].append(Solution(
+                z=z, status=status, steps=steps, fevals=fevals,
+                batch_fevals=solution.batch_fevals,
+                trace={key: value[index] for key, value in traces.items()},
+            ))
+    logits = out.logits.chunk(members)
+    energy = None if out.energy is None else out.energy.chunk(members)
+    latents = [z.chunk(members) for z in out.latents]
+    proposals = [z.chunk(members) for z in out.proposals]
+    return [ModelOutput(
+        logits=logits[index], energy=None if energy is None else energy[index],
+        latents=[z[index] for z in latents], solutions=solutions[index],
+        proposals=[z[index] for z in proposals],
+    ) for index in range(members)]
+
+
 @torch.no_grad()
+def run_passes(
+    model: EqT, tests: list[tasks.Batch], config: RunConfig, *, stop: str,
+    device: torch.device, autocast: AbstractContextManager, diagnose: int | None = None,
+    members: list[EqT] | None = None,
+) -> list[Pass]:
+    """Predict each member's test set in batches of ``config.eval_batch_size`` under rule
+    ``stop``, all members in one forward pass of ``model`` (stacked members, batches
+    concatenated member-major; one member: ``model`` itself); with ``diagnose`` (a number of
+    sequences) and a model that refines, also collect each member's `Diagnosis` with its own
+    model (``members``, weights equal to its slice of ``model``; default ``[model]``).
+    The test sets must have one size. Returns one `Pass` per member."""
+    members = members or [model]
+    count = len(tests)
+    correct, confidence, steps, status, fevals = ([[] for _ in range(count)] for _ in range(5))
+    diagnoses = [Diagnosis() if diagnose is not None and model.refines else None
+                 for _ in range(count)]
+    residual: list[list[list[float]]] = [[] for _ in range(count)]
+    energy: list[list[list[float]]] = [[] for _ in range(count)]
+    size = tests[0].inputs.shape[0]
+    for start in range(0, size, config.eval_batch_size):
+        rows = slice(start, start + config.eval_batch_size)
+        inputs = torch.cat([test.inputs[rows] for test in tests]).to(device)  # (M*b, T)
+        targets = torch.cat([test.targets[rows] for test in tests]).to(device)
+        with autocast:
+            joint = model(inputs, stop=stop, with_energy=False)
+        for n, (out, x, y) in enumerate(zip(
+            split_output(joint, count), inputs.chunk(count), targets.chunk(count)
+        )):
+            probs = torch.softmax(at_least_float32(out.logits), dim=-1)  # (b, T, V)
+            top, prediction = probs.max(dim=-1)  # (b, T) each
+            correct[n].append((prediction == y).cpu())
+            confidence[n].append(top.cpu())
+            if out.solutions:
+                steps[n].append(torch.stack([s.steps for s in out.solutions]).cpu())  # (R, b)
+                status[n].append(torch.stack([s.status for s in out.solutions]).cpu())
+                fevals[n].append(torch.stack([s.fevals for s in out.solutions]).cpu())
+                for solution in out.solutions:
+                    _accumulate(residual[n], solution.trace["residual"].float().cpu())
+                    _accumulate(energy[n], solution.trace["energy"].float().cpu())
+            if diagnoses[n] is not None:
+                diagnoses[n].add(members[n], out, x, min(x.shape[0], diagnose - start))
+    empty = torch.zeros(0, size, dtype=torch.int64)
+    return [Pass(
+        correct=torch.cat(correct[n]), confidence=torch.cat(confidence[n]),
+        steps=torch.cat(steps[n], dim=1) if steps[n] else empty,
+        status=torch.cat(status[n], dim=1) if status[n] else empty,
+        fevals=torch.cat(fevals[n], dim=1) if fevals[n] else empty,
+        residual=residual[n], energy=energy[n], diagnosis=diagnoses[n],
+    ) for n in range(count)]
+
+
 def run_pass(
     model: EqT, test: tasks.Batch, config: RunConfig, *, stop: str, device: torch.device,
     autocast: AbstractContextManager, diagnose: int | None = None,
 ) -> Pass:
-    """Predict the test set in batches of ``config.eval_batch_size`` under rule ``stop``;
-    with ``diagnose`` (a number of sequences) and a model that refines, also collect the
-    `Diagnosis` (energy and gradient norms on the first ``diagnose`` sequences)."""
-    correct, confidence, steps, status, fevals = [], [], [], [], []
-    diagnosis = Diagnosis() if diagnose is not None and model.refines else None
-    residual: list[list[float]] = []
-    energy: list[list[float]] = []
-    for start in range(0, test.inputs.shape[0], config.eval_batch_size):
-        inputs = test.inputs[start : start + config.eval_batch_size].to(device)  # (b, T)
-        targets = test.targets[start : start + config.eval_batch_size].to(device)
-        with autocast:
-            out = model(inputs, stop=stop, with_energy=False)
-        probs = torch.softmax(at_least_float32(out.logits), dim=-1)  # (b, T, V)
-        top, prediction = probs.max(dim=-1)  # (b, T) each
-        correct.append((prediction == targets).cpu())
-        confidence.append(top.cpu())
-        if out.solutions:
-            steps.append(torch.stack([s.steps for s in out.solutions]).cpu())  # (R, b)
-            status.append(torch.stack([s.status for s in out.solutions]).cpu())
-            fevals.append(torch.stack([s.fevals for s in out.solutions]).cpu())
-            for solution in out.solutions:
-                _accumulate(residual, solution.trace["residual"].float().cpu())
-                _accumulate(energy, solution.trace["energy"].float().cpu())
-        if diagnosis is not None:
-            diagnosis.add(model, out, inputs, min(inputs.shape[0], diagnose - start))
-    empty = torch.zeros(0, test.inputs.shape[0], dtype=torch.int64)
-    return Pass(
-        correct=torch.cat(correct), confidence=torch.cat(confidence),
-        steps=torch.cat(steps, dim=1) if steps else empty,
-        status=torch.cat(status, dim=1) if status else empty,
-        fevals=torch.cat(fevals, dim=1) if fevals else empty,
-        residual=residual, energy=energy, diagnosis=diagnosis,
-    )
+    """One model's `run_passes` on one test set."""
+    return run_passes(model, [test], config, stop=stop, device=device, autocast=autocast,
+                      diagnose=diagnose)[0]
 
 
 def _mean(values: Tensor) -> float | None:
@@ -307,34 +358,61 @@ def evaluate_all(
     sequences, and accuracy under ``steps=k`` for the `k_grid` up to the rules' largest step
     cap (one extra pass per budget that is not one of the rules).
     """
-    model.eval()
+    return evaluate_members(
+        model, [model], [test], task, [config], device=device, autocast=autocast,
+        diagnostics=diagnostics, diagnostic_size=diagnostic_size,
+    )[0]
+
+
+def evaluate_members(
+    model: EqT, members: list[EqT], tests: list[tasks.Batch], task: tasks.Task,
+    configs: list[RunConfig], *, device: torch.device, autocast: AbstractContextManager,
+    diagnostics: bool = True, diagnostic_size: int = DIAGNOSTIC_SIZE,
+) -> list[dict[str, dict[str, Any]]]:
+    """`evaluate_all` of every member of a seed ensemble at once: each pass runs the stacked
+    ``model`` on the members' test sets together (`run_passes`); each member's metrics come
+    from its own rows, its own model (``members[n]``, for diagnostics and FLOPs) and its own
+    seed (difficulty thirds), as `evaluate_all` of that member alone would give them.
+
+    Args:
+        model: the members' stacked model (one member: its model).
+        members, tests, configs: per member, its own model, test set and config (the configs
+            differ only in their seed).
+    """
+    for each in (model, *members):
+        each.eval()
+    config = configs[0]
     keys = list(config.eval_stops) if model.refines else [K0]
     diagnose = diagnostic_size if diagnostics and model.refines else None
 
-    def run(stop: str, diagnose: int | None = None) -> Pass:
-        return run_pass(model, test, config, stop=stop, device=device, autocast=autocast,
-                        diagnose=diagnose)
+    def run(stop: str, diagnose: int | None = None) -> list[Pass]:
+        return run_passes(model, tests, config, stop=stop, device=device, autocast=autocast,
+                          diagnose=diagnose, members=members)
 
-    passes = {K0: run(K0, diagnose)}  # spec -> pass
-    reference = passes[K0]
-    length = reference.correct.shape[1]
-    scored = task.scored(length)
-    thirds = difficulty_thirds(reference.confidence[:, scored].reshape(-1), config.seed)
+    passes = {K0: run(K0, diagnose)}  # spec -> a pass per member
     for key in keys:
         spec = stopping.parse(key).spec()
         if spec not in passes:
             passes[spec] = run(key, diagnose)
-    evals = {key: summarize(passes[stopping.parse(key).spec()], model, task, thirds)
-             for key in keys}
-    if diagnose is None:
-        return evals
-    acc_by_k = {}
-    for k in k_grid(step_cap(keys)):
-        budget = f"steps={k}"
-        result = passes[budget] if budget in passes else run(budget)
-        acc_by_k[str(k)] = _mean(result.correct[:, scored].reshape(-1))
-    for key in keys:
-        evals[key]["diagnostics"] = summarize_diagnostics(
-            passes[stopping.parse(key).spec()], reference, scored, acc_by_k
-        )
-    return evals
+    budgets = [f"steps={k}" for k in k_grid(step_cap(keys))] if diagnose is not None else []
+    extra = {budget: run(budget) for budget in budgets if budget not in passes}
+    results = []
+    for n, member in enumerate(members):
+        reference = passes[K0][n]
+        length = reference.correct.shape[1]
+        scored = task.scored(length)
+        thirds = difficulty_thirds(reference.confidence[:, scored].reshape(-1), configs[n].seed)
+        evals = {key: summarize(passes[stopping.parse(key).spec()][n], member, task, thirds)
+                 for key in keys}
+        if diagnose is not None:
+            acc_by_k = {
+                budget.removeprefix("steps="): _mean(
+                    (passes.get(budget) or extra[budget])[n].correct[:, scored].reshape(-1)
+                ) for budget in budgets
+            }
+            for key in keys:
+                evals[key]["diagnostics"] = summarize_diagnostics(
+                    passes[stopping.parse(key).spec()][n], reference, scored, acc_by_k
+                )
+        results.append(evals)
+    return results

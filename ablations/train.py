@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ablations import tasks
 from ablations.config import RunConfig
 from ablations.environment import resolve_device
-from ablations.evaluate import at_least_float32, evaluate_all
+from ablations.evaluate import at_least_float32, evaluate_members
 from eqtheory.energies.mask import random_mask
 from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
 from eqtheory.solution import Solution
@@ -618,49 +618,59 @@ def _train(
         torch.cuda.synchronize()
     train_s = (time.perf_counter() - started) / count  # the ensemble's time, shared evenly
     masked_counts = masked.tolist()
-    for index, member in enumerate(members):
-        if member.failure is not None:
-            continue
-        if count > 1:
-            member.model.load_state_dict(member_state(model, index))
-        tail = losses[index, max(0, step - max(1, step // 10)) : step]  # the last 10% of steps
-        member.state = {"result": _evaluate(
-            member, tail, step, masked_counts[index], train_s=train_s, members=count,
-            device=device, autocast=autocast,
-        )}
+    alive = [index for index, m in enumerate(members) if m.failure is None]
+    for index in alive if count > 1 else ():
+        members[index].model.load_state_dict(member_state(model, index))
+    # evaluated together when every member trained to the end (else the survivors alone)
+    groups = [alive] if len(alive) == count else [[index] for index in alive]
+    for group in groups:
+        joint = model if len(group) == count else members[group[0]].model
+        results = _evaluate(joint, [members[i] for i in group], device=device,
+                            autocast=autocast)
+        for index, (metrics, eval_s) in zip(group, results):
+            tail = losses[index, max(0, step - max(1, step // 10)) : step]  # the last 10%
+            metrics = {
+                "params": sum(p.numel() for p in members[index].model.parameters()),
+                "train_loss": float(tail[:, 0].mean()) if step else None,
+                "train_nll": float(tail[:, 1].mean()) if step else None,
+                "steps": step,
+                "masked_sequences": masked_counts[index],  # this invocation's steps only
+                **metrics,
+            }
+            timings = {"train_s": train_s, "eval_s": eval_s, "total_s": train_s + eval_s}
+            if count > 1:
+                timings["ensemble"] = float(count)
+            members[index].state = {"result": RunResult(metrics=metrics, timings=timings)}
 
 
 def _evaluate(
-    member: _Member, tail: Tensor, step: int, masked: int, *, train_s: float, members: int,
-    device: torch.device, autocast: contextlib.AbstractContextManager,
-) -> RunResult:
-    """Evaluate one trained member alone (its own model): the run's metrics and timings."""
-    config, model, task = member.config, member.model, member.task
-    evaluated = time.perf_counter()
-    model.set_gamma(config.variant.gamma)
-    metrics: dict[str, Any] = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "train_loss": float(tail[:, 0].mean()) if step else None,
-        "train_nll": float(tail[:, 1].mean()) if step else None,
-        "steps": step,
-        "masked_sequences": masked,  # this invocation's training steps (not resumed ones)
-        "evals": evaluate_all(model, member.test_set, task, config, device=device,
-                              autocast=autocast),
-    }
-    if config.eval_lengths:  # length generalisation: fresh test sets of each length
-        metrics["evals_by_length"] = {
-            str(other): metrics["evals"] if other == config.length else evaluate_all(
-                model, tasks.datasets(
-                    task, length=other, seed=config.seed, train_size=0,
-                    test_size=config.test_size,
-                )[1], task, config, device=device, autocast=autocast,
-            )
-            for other in config.eval_lengths
-        }
+    model: torch.nn.Module, members: list[_Member], *, device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+) -> list[tuple[dict[str, Any], float]]:
+    """Evaluate trained members together through ``model`` (their stacked model, or the one
+    member's own; `ablations.evaluate.evaluate_members`): per member its ``evals`` (and
+    ``evals_by_length``) metrics and its share of the evaluation's seconds."""
+    started = time.perf_counter()
+    config, task = members[0].config, members[0].task
+    own = [m.model for m in members]
+    configs = [m.config for m in members]
+    for each in {id(m): m for m in (model, *own)}.values():
+        each.set_gamma(config.variant.gamma)
+
+    def evaluate(tests: list[tasks.Batch]) -> list[dict[str, Any]]:
+        return evaluate_members(model, own, tests, task, configs, device=device,
+                                autocast=autocast)
+
+    metrics = [{"evals": evals} for evals in evaluate([m.test_set for m in members])]
+    for other in config.eval_lengths:  # length generalisation: fresh test sets of each length
+        by_length = [metrics[n]["evals"] for n in range(len(members))] \
+            if other == config.length else evaluate([tasks.datasets(
+                task, length=other, seed=m.config.seed, train_size=0,
+                test_size=config.test_size,
+            )[1] for m in members])
+        for record, evals in zip(metrics, by_length):
+            record.setdefault("evals_by_length", {})[str(other)] = evals
     if device.type == "cuda":
         torch.cuda.synchronize()
-    eval_s = time.perf_counter() - evaluated
-    timings = {"train_s": train_s, "eval_s": eval_s, "total_s": train_s + eval_s}
-    if members > 1:
-        timings["ensemble"] = float(members)
-    return RunResult(metrics=metrics, timings=timings)
+    share = (time.perf_counter() - started) / len(members)
+    return [(record, share) for record in metrics]

@@ -1,0 +1,50 @@
+"""A training step with a step-budget rule makes no host synchronisation (one run and a seed
+ensemble; baseline and EqT): positions are weighted, not gathered, the rejected-sequence count
+stays on the device, and the refinement loop runs its budget without reading values back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablations.train import MASK_RATE, make_optimizer, training_step
+from eqtheory.energies.mask import random_mask
+from eqtheory.model.ensemble import stack
+from eqtheory.testing.syncs import count_syncs
+from eqtheory.variants import VariantSpec, build
+from tests.test_ensemble import SMALL
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPECS = {
+    "baseline": VariantSpec(kind="baseline"),
+    "eqt": VariantSpec(stop_train="steps=2"),
+    "eqt-every": VariantSpec(stop_train="steps=3", placement="every"),
+}
+
+
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("label", sorted(SPECS))
+def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
+    spec = SPECS[label]
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build(spec, vocab=2, width=16, layers=2, heads=2, max_len=8))
+    model = models[0] if members == 1 else stack(models)
+    optimizer = make_optimizer(model, SMALL, device=torch.device("cpu"), members=members)
+    inputs = torch.randint(0, 2, (members, 4, 8))  # (M, B, T)
+    targets = inputs.cumsum(dim=2) % 2
+    scored = torch.arange(8) == 7  # parity_final: one scored position
+    with_energy = spec.kind == "eqt"
+    mask = random_mask(inputs.flatten(0, 1), MASK_RATE) if with_energy else None
+    model.train()
+    for step in range(2):  # the second step runs with optimizer state
+        with count_syncs() as syncs:
+            loss, nll, keep, _ = training_step(
+                model, optimizer, inputs, targets, mask, scored=scored, beta=0.1,
+                grad_clip=0.5, with_energy=with_energy,
+            )
+        assert syncs.sites == [], f"step {step}: {syncs.sites}"
+    assert loss.shape == nll.shape == (members,) and keep.shape == (members, 4)
+    assert torch.isfinite(loss).all()
