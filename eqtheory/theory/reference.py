@@ -11,6 +11,8 @@ are sliced per sample; others are passed whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.optimize
 import torch
@@ -58,29 +60,49 @@ def reference_minimiser(
                 (grad,) = torch.autograd.grad(value, z)
             return float(value.detach()), grad.reshape(-1).numpy()
 
-        result = scipy.optimize.minimize(
-            fun,
-            x64[b].reshape(-1).numpy(),
-            jac=True,
-            method="L-BFGS-B",
-            options={"gtol": gtol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 30},
-        )
-        x = result.x
-        grad_norm = float(np.linalg.norm(fun(x)[1]))
-        if not result.success and grad_norm > gtol**0.5:
-            raise RuntimeError(
-                f"scipy failed on sample {b}: {result.message} (|grad| = {grad_norm:.3g})"
-            )
-        for _ in range(newton_steps):
+        def hessian(x: np.ndarray, sample_context=sample_context) -> np.ndarray:
             with torch.enable_grad():
-                hessian = torch.autograd.functional.hessian(
-                    lambda v, ctx=sample_context: energy_obj(v.reshape(1, *shape), ctx).sum(),
+                return torch.autograd.functional.hessian(
+                    lambda v: energy_obj(v.reshape(1, *shape), sample_context).sum(),
                     torch.tensor(x, dtype=torch.float64),
                 ).numpy()
-            candidate = x - np.linalg.lstsq(hessian, fun(x)[1], rcond=None)[0]
-            candidate_norm = float(np.linalg.norm(fun(candidate)[1]))
-            if not candidate_norm < grad_norm:
-                break
-            x, grad_norm = candidate, candidate_norm
+
+        x, grad_norm = _lbfgs(fun, x64[b].reshape(-1).numpy(), b, gtol=gtol, max_iter=max_iter)
+        x = _polish(fun, hessian, x, grad_norm, newton_steps)
         results.append(torch.tensor(x, dtype=torch.float64).reshape(shape))
     return torch.stack(results)
+
+
+Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+def _lbfgs(
+    fun: Objective, x0: np.ndarray, sample: int, *, gtol: float, max_iter: int
+) -> tuple[np.ndarray, float]:
+    """scipy's L-BFGS-B from ``x0 [n]``: the minimiser and its gradient norm; raises a
+    `RuntimeError` if scipy fails with a gradient norm above ``sqrt(gtol)``."""
+    result = scipy.optimize.minimize(
+        fun, x0, jac=True, method="L-BFGS-B",
+        options={"gtol": gtol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 30},
+    )
+    grad_norm = float(np.linalg.norm(fun(result.x)[1]))
+    if not result.success and grad_norm > gtol**0.5:
+        raise RuntimeError(
+            f"scipy failed on sample {sample}: {result.message} (|grad| = {grad_norm:.3g})"
+        )
+    return result.x, grad_norm
+
+
+def _polish(
+    fun: Objective, hessian: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+    grad_norm: float, newton_steps: int,
+) -> np.ndarray:
+    """Up to ``newton_steps`` Newton steps ``x <- x - H(x)^+ grad(x)``, each kept only while it
+    reduces the gradient norm."""
+    for _ in range(newton_steps):
+        candidate = x - np.linalg.lstsq(hessian(x), fun(x)[1], rcond=None)[0]
+        candidate_norm = float(np.linalg.norm(fun(candidate)[1]))
+        if not candidate_norm < grad_norm:
+            break
+        x, grad_norm = candidate, candidate_norm
+    return x
