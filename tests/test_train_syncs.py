@@ -4,10 +4,13 @@ stays on the device, and the refinement loop runs its budget without reading val
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+
 import pytest
 import torch
 
-from ablations.train import MASK_RATE, make_optimizer, training_step
+from ablations.train import MASK_RATE, make_optimizer, train_runs, training_step
 from eqtheory.energies.mask import random_mask
 from eqtheory.model.ensemble import stack
 from eqtheory.testing.syncs import count_syncs
@@ -48,3 +51,22 @@ def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
         assert syncs.sites == [], f"step {step}: {syncs.sites}"
     assert loss.shape == nll.shape == (members,) and keep.shape == (members, 4)
     assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("label", ["baseline", "eqt"])
+def test_the_training_loop_reads_back_only_at_log_steps(label, members, tmp_path):
+    # 100 and 200 steps both log 10 times (every train_steps // 10) and checkpoint once at the
+    # end, and evaluate alike: any difference in host reads comes from the steps in between
+    counts = []
+    for steps in (100, 200):
+        configs = [dataclasses.replace(
+            SMALL, variant=SPECS[label], seed=seed, train_steps=steps, checkpoint_every=0,
+            train_size=64, test_size=32, eval_stops=("steps=0",),
+        ) for seed in range(members)]
+        with count_syncs() as syncs:
+            results = train_runs(configs, workdirs=[tmp_path / f"{steps}-{c.seed}"
+                                                    for c in configs])
+        assert all(r.metrics["steps"] == steps for r in results)
+        counts.append(Counter(syncs.sites))
+    assert counts[0] == counts[1]
