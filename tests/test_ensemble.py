@@ -98,8 +98,10 @@ def final_weights(workdir) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("label", sorted(LABELS))
 def test_twenty_steps_of_an_ensemble_of_three_equal_three_single_runs(label, float64, tmp_path):
-    configs = [dataclasses.replace(SMALL, variant=LABELS[label], seed=s, eval_lengths=(8, 12))
-               for s in (0, 1, 2)]
+    # a value-based rule too: the stacked model's solve stops each sample on its own
+    rules = (*SMALL.eval_stops, "residual<0.025|steps=6")
+    configs = [dataclasses.replace(SMALL, variant=LABELS[label], seed=s, eval_lengths=(8, 12),
+                                   eval_stops=rules) for s in (0, 1, 2)]
     joint = train_runs(configs, workdirs=[tmp_path / f"e{c.seed}" for c in configs])
     for config, result in zip(configs, joint):
         alone = train_run(config, workdir=tmp_path / f"s{config.seed}")
@@ -108,6 +110,9 @@ def test_twenty_steps_of_an_ensemble_of_three_equal_three_single_runs(label, flo
             ours = final_weights(tmp_path / f"e{config.seed}")[name]
             assert torch.allclose(ours, value, rtol=0, atol=1e-8), name
         assert_close(result.metrics, alone.metrics)  # every metric, diagnostics included
+        if label == "eqt":
+            steps = result.metrics["evals"][rules[-1]]["steps_hist"]
+            assert len(steps) > 1, steps  # samples stopped at different steps
     weights = [final_weights(tmp_path / f"e{c.seed}")["backbone.head.weight"] for c in configs]
     assert not torch.allclose(weights[0], weights[1])  # the members are not one model thrice
 
