@@ -1,8 +1,8 @@
 """Seed ensembles: one training step of N seeds as N models, as one stacked model, and as vmap.
 
 Three ways to train ``N`` runs that differ only in their seed, timed per optimizer step of all
-``N`` (forward, masked loss, backward, per-member clipping, fused AdamW) at the ``cpu`` preset's
-model size (2 layers, width 64, 4 heads, batch 64) and its middle length (32):
+``N`` (forward, masked loss, backward, per-member clipping, fused AdamW) at the ``smoke`` and
+``cpu`` presets' model sizes (2 layers; width 32 / 64, batch 64, length 16 / 32):
 
 * ``sequential``: ``N`` separate models, one `ablations.train.training_step` each (what the
   runner does without ``--ensemble``);
@@ -50,7 +50,11 @@ LABELS = {
     "aux-only": (VariantSpec(aux_losses_only=True), 2),
     "compute-matched": (VariantSpec(kind="baseline"), 6),
 }
-CPU = RunConfig(layers=2, width=64, heads=4, batch_size=64, length=32, lr=3e-3)
+SIZES = {  # the presets' model sizes, at their longest (smoke) or middle (cpu) length
+    "smoke": RunConfig(layers=2, width=32, heads=2, batch_size=64, length=16, lr=3e-3),
+    "cpu": RunConfig(layers=2, width=64, heads=4, batch_size=64, length=32, lr=3e-3),
+}
+QUICK = RunConfig(layers=1, width=16, heads=2, batch_size=8, length=8)
 
 
 def _models(spec: VariantSpec, layers: int, members: int, config: RunConfig) -> list[Any]:
@@ -113,6 +117,7 @@ def _vmap_stepper(models: list[Any], config: RunConfig, spec: VariantSpec,
 def compare(label: str, members: int, config: RunConfig, *, repeats: int) -> dict[str, Any]:
     """Milliseconds per step of ``members`` seeds of ``label``, three ways; speed-ups."""
     spec, layers = LABELS[label]
+    layers = layers * config.layers // 2  # compute-matched: 3x the others' depth
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randint(0, 2, (members, config.batch_size, config.length), generator=gen)
     targets = inputs.cumsum(dim=2) % 2
@@ -136,7 +141,8 @@ def compare(label: str, members: int, config: RunConfig, *, repeats: int) -> dic
     except Exception as failure:  # noqa: BLE001  (reported in the table)
         error = f"{type(failure).__name__}: {str(failure).splitlines()[0][:90]}"
     times = interleaved_medians(contenders, repeats=repeats)
-    row: dict[str, Any] = {"label": label, "members": members}
+    row: dict[str, Any] = {"label": label, "members": members, "width": config.width,
+                           "length": config.length}
     for name in ("sequential", "stacked", "vmap"):
         row[f"{name} ms"] = 1e3 * times[name][0] if name in times else None
     base = times["sequential"][0]
@@ -148,16 +154,18 @@ def compare(label: str, members: int, config: RunConfig, *, repeats: int) -> dic
 
 def run(*, quick: bool = False) -> Report:
     pin_threads()
-    config = CPU if not quick else RunConfig(layers=1, width=16, heads=2, batch_size=8, length=8)
-    columns = ["label", "members", "sequential ms", "stacked ms", "vmap ms",
-               "stacked speed-up", "vmap speed-up", "vmap"]
+    sizes = {"quick": QUICK} if quick else SIZES
+    columns = ["size", "label", "members", "width", "length", "sequential ms", "stacked ms",
+               "vmap ms", "stacked speed-up", "vmap speed-up", "vmap"]
     report = Report("sweep", columns)
-    for label in LABELS:
-        report.rows.append(compare(label, 3, config, repeats=2 if quick else 10))
+    repeats = 2 if quick else 10
+    for size, config in sizes.items():
+        for label in LABELS:
+            report.rows.append({"size": size, **compare(label, 3, config, repeats=repeats)})
     report.notes += [
-        f"one optimizer step of 3 seeds at width {config.width}, {config.heads} heads, batch "
-        f"{config.batch_size}, length {config.length} (compute-matched: 6 layers, others 2); "
-        f"median of {2 if quick else 10} interleaved rounds, {torch.get_num_threads()} thread(s).",
+        "one optimizer step of 3 seeds (batch 64 each; quick: 8) at the presets' model sizes "
+        "(layers 2, compute-matched 6); median of "
+        f"{repeats} interleaved rounds, {torch.get_num_threads()} thread(s).",
         f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores.",
     ]
     return report
