@@ -44,7 +44,7 @@ def cells(rows: list[Row]) -> dict[tuple[str, str, int], dict[int, float]]:
     for table in tables(rows):
         for series, by_length in table.evals.items():
             for length, by_seed in by_length.items():
-                found[(table.task, series, length)] = {
+                found[(table.task, str(series), length)] = {
                     seed: 100 * ev["acc"] for seed, ev in by_seed.items() if "acc" in ev
                 }
     return found

@@ -17,10 +17,11 @@ Writes ``DIR/report.md`` and ``DIR/plots/*.png`` from ``DIR/results.sqlite``:
   displacement, prediction flips against K = 0, per-term gradient norms at ``z0`` and ``z*``,
   the energy's AUROC for wrong tokens, accuracy against the step budget K.
 
-A *series* is one label and evaluation rule: ``baseline``, ``aux-only``, ``compute-matched``,
-``eqt steps=8`` (a trained EqT evaluated with its rule), ``eqt steps=0`` (the K = 0 control:
-the same EqT weights, no refinement). With several EqT variants in one database, series names
-carry the fields that tell them apart.
+A *series* (`Series`: label, variant tag, rule, K) is one label and evaluation rule:
+``baseline``, ``aux-only``, ``compute-matched``, ``eqt steps=8`` (a trained EqT evaluated with
+its rule), ``eqt steps=0`` (the K = 0 control: the same EqT weights, no refinement). With
+several variants of a label in one database, series carry the fields that tell them apart
+(``eqt[energy=bidir+mask] steps=8``).
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ from typing import Any
 from ablations.config import EXECUTION_FIELDS
 from ablations.environment import describe as describe_kernels
 from ablations.store import Row, Store, UnreadableStore
+from eqtheory import stopping
+from eqtheory.stopping import Steps
 
 PAPER_LENGTHS = (8, 16, 32, 48, 64, 96, 128, 192, 256)
 PAPER_TABLE2 = {  # per-token accuracy (%), the paper's Table 2 (one run per cell)
     "standard": (100.00, 100.00, 99.94, 98.09, 88.15, 77.19, 64.64, 51.86, 55.79),
     "EqT": (100.00, 99.99, 99.85, 96.56, 92.81, 77.68, 67.04, 59.93, 56.59),
 }
-BASELINE = "baseline"
+BASELINE, EQT = "baseline", "eqt"
 K0 = "steps=0"
 SMALL_N_WILCOXON = 5  # two-sided exact Wilcoxon: min p = 2 / 2^n > 0.05 for n <= 5
 
@@ -123,10 +126,58 @@ def _variant_names(rows: list[Row]) -> dict[str, str]:
     return names
 
 
-def series_name(row: Row, stop: str, variant_names: dict[str, str]) -> str:
-    tag = variant_names.get(row.hash, "")
-    label = f"{row.label}[{tag}]" if tag else row.label
-    return f"{label} {stop}" if row.label == "eqt" else label
+@dataclass(frozen=True)
+class Series:
+    """One series of the report: the runs of one label and variant and, for EqT, one
+    evaluation rule.
+
+    Attributes:
+        label: ``baseline``, ``eqt``, ``aux-only``, ``compute-matched`` or ``rnn``.
+        tag: the fields that tell this variant apart from the others of its label
+            (``energy=bidir+mask``; empty when the label has one variant).
+        rule: the evaluation stopping rule of an EqT series (``steps=0`` is the K = 0 control:
+            the same weights, no refinement); None for the controls, evaluated once.
+        k: the step count of a rule that is a plain step budget (``steps=K``), else None.
+    """
+
+    label: str
+    tag: str = ""
+    rule: str | None = None
+    k: int | None = None
+
+    @classmethod
+    def of(cls, row: Row, rule: str, tag: str) -> Series:
+        """The series of `row` evaluated with `rule` (controls keep no rule)."""
+        if row.label != EQT:
+            return cls(row.label, tag)
+        parsed = stopping.parse(rule)
+        return cls(row.label, tag, rule, parsed.k if isinstance(parsed, Steps) else None)
+
+    @property
+    def run(self) -> str:
+        """The trained model's name: ``label`` or ``label[tag]``."""
+        return f"{self.label}[{self.tag}]" if self.tag else self.label
+
+    @property
+    def refines(self) -> bool:
+        """An EqT series evaluated with refinement (its rule is not the K = 0 control)."""
+        return self.label == EQT and self.rule != K0
+
+    def control(self) -> Series:
+        """The same EqT model at K = 0."""
+        return Series(self.label, self.tag, K0, 0)
+
+    def sort_key(self) -> tuple[int, str, int, str]:
+        """Label order, then the run, then the step budget (rules without one last)."""
+        order = {BASELINE: 0, EQT: 1, "aux-only": 2, "compute-matched": 3, "rnn": 4}
+        budget = 10**9 if self.k is None else self.k
+        return (order.get(self.label, 9), self.run, budget, self.rule or "")
+
+    def __str__(self) -> str:
+        return f"{self.run} {self.rule}" if self.rule is not None else self.run
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 @dataclass
@@ -134,50 +185,42 @@ class Table:
     """The done rows of one task, indexed: series -> length -> seed -> eval metrics."""
 
     task: str
-    evals: dict[str, dict[int, dict[int, dict[str, Any]]]]
-    rows: dict[str, dict[int, dict[int, Row]]]  # series -> length -> seed -> row
-    primary: list[str]  # EqT series at their variant's eval rule, one per variant
+    evals: dict[Series, dict[int, dict[int, dict[str, Any]]]]
+    rows: dict[Series, dict[int, dict[int, Row]]]  # series -> length -> seed -> row
+    primary: list[Series]  # EqT series at their variant's eval rule, one per variant
 
     @property
     def lengths(self) -> list[int]:
         return sorted({length for by_length in self.evals.values() for length in by_length})
 
-    def cell(self, series: str, length: int, key: str = "acc") -> Cell | None:
+    def cell(self, series: Series, length: int, key: str = "acc") -> Cell | None:
         by_seed = self.evals.get(series, {}).get(length, {})
         values = tuple(100 * ev[key] for _, ev in sorted(by_seed.items()) if key in ev)
         return Cell(values) if values else None
 
-    def series(self) -> list[str]:
+    def series(self) -> list[Series]:
         """Baseline, EqT (per variant, by step budget), aux-only, compute-matched, rnn."""
-        order = {"baseline": 0, "eqt": 1, "aux-only": 2, "compute-matched": 3, "rnn": 4}
-
-        def key(name: str) -> tuple[int, str, int, str]:
-            run, _, stop = name.partition(" ")
-            budget = re.fullmatch(r"steps=(\d+)", stop)
-            return (order.get(run.split("[")[0], 9), run, int(budget[1]) if budget else 10**9,
-                    stop)
-
-        return sorted(self.evals, key=key)
+        return sorted(self.evals, key=Series.sort_key)
 
 
 def tables(rows: list[Row]) -> list[Table]:
     """One `Table` per task over the done rows."""
     done = [row for row in rows if row.status == "done" and row.metrics]
-    names = _variant_names(done)
+    tags = _variant_names(done)
     result = []
     for task in sorted({row.task for row in done}):
-        evals: dict[str, dict[int, dict[int, dict[str, Any]]]] = defaultdict(
+        evals: dict[Series, dict[int, dict[int, dict[str, Any]]]] = defaultdict(
             lambda: defaultdict(dict)
         )
-        by_row: dict[str, dict[int, dict[int, Row]]] = defaultdict(lambda: defaultdict(dict))
-        primary: list[str] = []
+        by_row: dict[Series, dict[int, dict[int, Row]]] = defaultdict(lambda: defaultdict(dict))
+        primary: list[Series] = []
         for row in (r for r in done if r.task == task):
             for stop, metrics in row.metrics["evals"].items():
-                name = series_name(row, stop, names)
-                evals[name][row.length][row.seed] = metrics
-                by_row[name][row.length][row.seed] = row
-                if row.label == "eqt" and stop == row.config.variant.stop_eval:
-                    primary.append(name)
+                series = Series.of(row, stop, tags.get(row.hash, ""))
+                evals[series][row.length][row.seed] = metrics
+                by_row[series][row.length][row.seed] = row
+                if row.label == EQT and stop == row.config.variant.stop_eval:
+                    primary.append(series)
         result.append(Table(task, evals, by_row, list(dict.fromkeys(primary))))
     return result
 
@@ -237,7 +280,7 @@ def summary_table(rows: list[Row]) -> str:
     for table in tables(rows):
         lengths = table.lengths
         names = table.series()
-        width = max(len(name) for name in names)
+        width = max(len(str(name)) for name in names)
         lines.append(f"task {table.task}: per-token accuracy %, mean ± sd over seeds (n)")
         lines.append(f"{'series':<{width}}  " + "  ".join(f"{'L=' + str(L):>20}" for L in lengths))
         for name in names:
@@ -267,7 +310,7 @@ def plot_accuracy(table: Table, path: Path) -> None:
         cells = [table.cell(name, L) for L in lengths]
         errors = [c.ci or 0.0 for c in cells]
         axis.errorbar(lengths, [c.mean for c in cells], yerr=errors, marker="o", capsize=3,
-                      label=name)
+                      label=str(name))
     if table.task == "parity":
         for name, values in PAPER_TABLE2.items():
             axis.plot(PAPER_LENGTHS, values, linestyle="--", alpha=0.5, label=f"paper {name}")
@@ -292,7 +335,7 @@ def _mean_trace(by_seed: dict[int, dict[str, Any]], key: str) -> list[float]:
     return [sum(v) / len(v) if v else math.nan for v in values]
 
 
-def plot_traces(table: Table, name: str, path: Path) -> bool:
+def plot_traces(table: Table, name: Series, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
@@ -315,7 +358,7 @@ def plot_traces(table: Table, name: str, path: Path) -> bool:
     return drawn
 
 
-def merged_hist(table: Table, name: str, length: int) -> dict[int, int]:
+def merged_hist(table: Table, name: Series, length: int) -> dict[int, int]:
     hist: dict[int, int] = defaultdict(int)
     for ev in table.evals[name].get(length, {}).values():
         for k, count in ev.get("steps_hist", {}).items():
@@ -323,7 +366,7 @@ def merged_hist(table: Table, name: str, length: int) -> dict[int, int]:
     return dict(sorted(hist.items()))
 
 
-def plot_steps(table: Table, name: str, path: Path) -> bool:
+def plot_steps(table: Table, name: Series, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     lengths = [L for L in table.lengths if merged_hist(table, name, L)]
@@ -360,164 +403,193 @@ def _distinct(values: list[Any]) -> str:
     return ", ".join(f"{value} ({count})" for value, count in sorted(counts.items()))
 
 
-def _seed_values(table: Table, name: str, length: int, key: str = "acc") -> dict[int, float]:
+def _seed_values(table: Table, name: Series, length: int, key: str = "acc") -> dict[int, float]:
     return {seed: 100 * ev[key] for seed, ev in table.evals.get(name, {}).get(length, {}).items()}
 
 
 def _section_task(table: Table, plots: Path, out: Path) -> list[str]:
-    lines = [f"## Task `{table.task}`", ""]
-    names = table.series()
-    lengths = table.lengths
+    """The Markdown section of one task: every subsection below, in order."""
+    return [
+        f"## Task `{table.task}`", "",
+        *_accuracy(table, plots, out),
+        *_against_baseline(table),
+        *_gain_by_difficulty(table),
+        *_accuracy_by_position(table),
+        *_solver_behaviour(table, plots, out),
+        *_compute(table),
+        *_training_loss(table),
+        *(_paper_table(table) if table.task == "parity" else []),
+    ]
 
-    # accuracy
+
+def _accuracy(table: Table, plots: Path, out: Path) -> list[str]:
     png = plots / f"accuracy_{table.task}.png"
     plot_accuracy(table, png)
-    lines += ["### Per-token accuracy (%)", "",
-              "Mean ± half-width of the 95% t-interval over seeds (sd: standard deviation over "
-              "seeds; n: seeds in the cell; n=1: no interval).", ""]
-    lines += _md_table(["series"] + [f"L={L}" for L in lengths], [
-        [name] + [(c.text() if (c := table.cell(name, L)) else "–") for L in lengths]
-        for name in names
+    lines = ["### Per-token accuracy (%)", "",
+             "Mean ± half-width of the 95% t-interval over seeds (sd: standard deviation over "
+             "seeds; n: seeds in the cell; n=1: no interval).", ""]
+    lines += _md_table(["series"] + [f"L={L}" for L in table.lengths], [
+        [str(series)] + [(c.text() if (c := table.cell(series, L)) else "–")
+                         for L in table.lengths]
+        for series in table.series()
     ])
-    lines += [f"![accuracy vs length]({png.relative_to(out)})", ""]
+    return lines + [f"![accuracy vs length]({png.relative_to(out)})", ""]
 
-    # paired differences against the baseline
-    lines += ["### Difference to the baseline (percentage points), paired by seed", ""]
-    if BASELINE in table.evals:
-        body = []
-        for name in (n for n in names if n != BASELINE):
-            for length in lengths:
-                result = paired(_seed_values(table, name, length),
-                                _seed_values(table, BASELINE, length))
-                if result["n"]:
-                    body.append([name, str(length), _fmt_diff(result), str(result["n"]),
-                                 _fmt_p(result["t_p"]), _fmt_p(result["w_p"]), result["note"]])
-        lines += ["Mean difference ± 95% t-interval; p: paired t-test and Wilcoxon "
-                  "signed-rank (two-sided).", ""]
-        lines += _md_table(["series", "L", "minus baseline", "n", "t-test p", "Wilcoxon p",
-                            "note"], body)
-    else:
-        lines += ["No baseline runs (controls off): no paired comparison.", ""]
 
-    # gain by difficulty: EqT at its rule minus the same model at K = 0
-    lines += ["### Gain of refinement by difficulty bucket (same model: eval rule minus K=0)", "",
-              "Percentage points, paired by seed; buckets as defined by the training code "
-              "(`acc_by_difficulty`).", ""]
+def _paired_row(result: dict[str, Any]) -> list[str]:
+    """The columns every paired comparison shows: difference, n, both p-values, note."""
+    return [_fmt_diff(result), str(result["n"]), _fmt_p(result["t_p"]), _fmt_p(result["w_p"]),
+            result["note"]]
+
+
+def _against_baseline(table: Table) -> list[str]:
+    lines = ["### Difference to the baseline (percentage points), paired by seed", ""]
+    baseline = Series(BASELINE)
+    if baseline not in table.evals:
+        return lines + ["No baseline runs (controls off): no paired comparison.", ""]
     body = []
-    for name in (n for n in names if n.startswith("eqt") and not n.endswith(K0)):
-        control = name.rsplit(" ", 1)[0] + " " + K0
-        for length in lengths:
-            by_seed = table.evals[name].get(length, {})
+    for series in (s for s in table.series() if s != baseline):
+        for length in table.lengths:
+            result = paired(_seed_values(table, series, length),
+                            _seed_values(table, baseline, length))
+            if result["n"]:
+                body.append([str(series), str(length), *_paired_row(result)])
+    lines += ["Mean difference ± 95% t-interval; p: paired t-test and Wilcoxon "
+              "signed-rank (two-sided).", ""]
+    return lines + _md_table(["series", "L", "minus baseline", "n", "t-test p", "Wilcoxon p",
+                              "note"], body)
+
+
+def _by_bucket(table: Table, series: Series, length: int, bucket: str) -> dict[int, float]:
+    by_seed = table.evals.get(series, {}).get(length, {})
+    return {seed: 100 * ev["acc_by_difficulty"][bucket] for seed, ev in by_seed.items()
+            if bucket in ev.get("acc_by_difficulty", {})}
+
+
+def _gain_by_difficulty(table: Table) -> list[str]:
+    """EqT at its rule minus the same model at K = 0, per difficulty bucket."""
+    lines = ["### Gain of refinement by difficulty bucket (same model: eval rule minus K=0)", "",
+             "Percentage points, paired by seed; buckets as defined by the training code "
+             "(`acc_by_difficulty`).", ""]
+    body = []
+    for series in (s for s in table.series() if s.refines):
+        for length in table.lengths:
+            by_seed = table.evals[series].get(length, {})
             buckets = sorted(
                 {b for ev in by_seed.values() for b in ev.get("acc_by_difficulty", {})}
             )
             for bucket in buckets:
-                a = {s: 100 * ev["acc_by_difficulty"][bucket] for s, ev in by_seed.items()
-                     if bucket in ev.get("acc_by_difficulty", {})}
-                b = {s: 100 * ev["acc_by_difficulty"][bucket]
-                     for s, ev in table.evals.get(control, {}).get(length, {}).items()
-                     if bucket in ev.get("acc_by_difficulty", {})}
-                result = paired(a, b)
+                result = paired(_by_bucket(table, series, length, bucket),
+                                _by_bucket(table, series.control(), length, bucket))
                 if result["n"]:
-                    body.append([name, str(length), bucket, _fmt_diff(result), str(result["n"]),
-                                 _fmt_p(result["t_p"]), _fmt_p(result["w_p"]), result["note"]])
-    lines += _md_table(["series", "L", "bucket", "gain over K=0", "n", "t-test p", "Wilcoxon p",
-                        "note"], body)
+                    body.append([str(series), str(length), bucket, *_paired_row(result)])
+    return lines + _md_table(["series", "L", "bucket", "gain over K=0", "n", "t-test p",
+                              "Wilcoxon p", "note"], body)
 
-    # accuracy by position bucket
-    lines += ["### Accuracy by position quarter (%), mean over seeds", ""]
+
+def _accuracy_by_position(table: Table) -> list[str]:
+    lines = ["### Accuracy by position quarter (%), mean over seeds", ""]
     body = []
-    for name in names:
-        for length in lengths:
-            evs = table.evals[name].get(length, {}).values()
+    for series in table.series():
+        for length in table.lengths:
+            evs = table.evals[series].get(length, {}).values()
             quarters = [
                 [ev["acc_by_position"][q] for ev in evs if q in ev.get("acc_by_position", {})]
                 for q in ("q1", "q2", "q3", "q4")
             ]
             if all(quarters):
                 body.append(
-                    [name, str(length)] + [f"{100 * sum(q) / len(q):.2f}" for q in quarters]
+                    [str(series), str(length)] + [f"{100 * sum(q) / len(q):.2f}" for q in quarters]
                 )
-    lines += _md_table(["series", "L", "q1", "q2", "q3", "q4"], body)
+    return lines + _md_table(["series", "L", "q1", "q2", "q3", "q4"], body)
 
-    # solver behaviour
-    lines += ["### Solver: convergence traces, steps taken, statuses", ""]
-    for name in (n for n in names if n.startswith("eqt") and not n.endswith(K0)):
-        trace_png = plots / f"traces_{table.task}_{_slug(name)}.png"
-        steps_png = plots / f"steps_{table.task}_{_slug(name)}.png"
-        if plot_traces(table, name, trace_png):
-            lines += [f"![traces {name}]({trace_png.relative_to(out)})", ""]
-        if plot_steps(table, name, steps_png):
-            lines += [f"![steps {name}]({steps_png.relative_to(out)})", ""]
+
+def _solver_behaviour(table: Table, plots: Path, out: Path) -> list[str]:
+    """Traces and steps plots, mean steps and summed statuses of each refining EqT series."""
+    lines = ["### Solver: convergence traces, steps taken, statuses", ""]
+    for series in (s for s in table.series() if s.refines):
+        trace_png = plots / f"traces_{table.task}_{_slug(str(series))}.png"
+        steps_png = plots / f"steps_{table.task}_{_slug(str(series))}.png"
+        if plot_traces(table, series, trace_png):
+            lines += [f"![traces {series}]({trace_png.relative_to(out)})", ""]
+        if plot_steps(table, series, steps_png):
+            lines += [f"![steps {series}]({steps_png.relative_to(out)})", ""]
         body = []
-        for length in lengths:
-            evs = list(table.evals[name].get(length, {}).values())
+        for length in table.lengths:
+            evs = list(table.evals[series].get(length, {}).values())
             statuses: dict[str, int] = defaultdict(int)
             for ev in evs:
                 for status, count in ev.get("status_counts", {}).items():
                     statuses[status] += count
             steps = [ev["steps_mean"] for ev in evs if "steps_mean" in ev]
             if evs:
-                body.append([name, str(length),
+                body.append([str(series), str(length),
                              f"{sum(steps) / len(steps):.2f}" if steps else "–",
                              ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))])
         lines += _md_table(["series", "L", "mean steps", "solver statuses (summed over seeds)"],
                            body)
+    return lines
 
-    # compute
-    lines += ["### Parameters and compute per token", "",
-              "Function evaluations (energy value+gradient) and estimated forward FLOPs per "
-              "token at test time (`ablations.flops`), mean over seeds.", ""]
+
+def _compute(table: Table) -> list[str]:
+    lines = ["### Parameters and compute per token", "",
+             "Function evaluations (energy value+gradient) and estimated forward FLOPs per "
+             "token at test time (`ablations.flops`), mean over seeds.", ""]
     body = []
-    for name in names:
-        for length in lengths:
-            evs = list(table.evals[name].get(length, {}).values())
-            rows = list(table.rows[name].get(length, {}).values())
+    for series in table.series():
+        for length in table.lengths:
+            evs = list(table.evals[series].get(length, {}).values())
+            rows = list(table.rows[series].get(length, {}).values())
             if not evs:
                 continue
             fevals = [ev["fevals_per_token"] for ev in evs if "fevals_per_token" in ev]
             flops = [ev["flops_per_token"] for ev in evs if "flops_per_token" in ev]
             params = sorted({row.metrics.get("params") for row in rows})
-            body.append([name, str(length), ", ".join(map(str, params)),
+            body.append([str(series), str(length), ", ".join(map(str, params)),
                          str(rows[0].config.layers),
                          f"{sum(fevals) / len(fevals):.2f}" if fevals else "–",
                          f"{sum(flops) / len(flops) / 1e6:.3f}" if flops else "–"])
-    lines += _md_table(["series", "L", "params", "layers", "fevals/token", "MFLOPs/token"], body)
+    return lines + _md_table(["series", "L", "params", "layers", "fevals/token", "MFLOPs/token"],
+                             body)
 
-    # training loss
-    lines += ["### Final training loss (mean over seeds; chance for parity: ln 2 = 0.693)", ""]
-    runs = {}  # run name (series without the eval rule) -> one of its series
-    for name in names:
-        runs.setdefault(name.rsplit(" ", 1)[0] if name.startswith("eqt") else name, name)
+
+def _training_loss(table: Table) -> list[str]:
+    """One line per trained model (an EqT model's rules share its training)."""
+    lines = ["### Final training loss (mean over seeds; chance for parity: ln 2 = 0.693)", ""]
+    runs: dict[str, Series] = {}  # run -> its first series
+    for series in table.series():
+        runs.setdefault(series.run, series)
     body = []
-    for run, name in runs.items():
+    for run, series in runs.items():
         cells = []
-        for length in lengths:
-            rows = list(table.rows[name].get(length, {}).values())
+        for length in table.lengths:
+            rows = list(table.rows[series].get(length, {}).values())
             losses = [row.metrics["train_nll"] for row in rows if "train_nll" in row.metrics]
             cells.append(f"{sum(losses) / len(losses):.3f} (n={len(losses)})" if losses else "–")
         body.append([run, *cells])
-    lines += _md_table(["run", *[f"L={L} NLL" for L in lengths]], body)
+    return lines + _md_table(["run", *[f"L={L} NLL" for L in table.lengths]], body)
 
-    # the paper's table
-    if table.task == "parity":
-        lines += ["### The paper's Table 2 beside ours (per-token accuracy %)", "",
-                  "Paper: one run per cell, no seeds or intervals reported. Ours: mean ± 95% CI "
-                  "(sd, n). `eqt steps=0` (the EqT weights evaluated with K = 0) and the other "
-                  "controls are ours; the paper has none.", ""]
-        ours = [BASELINE, *table.primary] + [
-            n for n in names if n.startswith("eqt") and n.endswith(K0)
-        ] + [n for n in names if n.startswith(("aux-only", "compute-matched"))]
-        body = []
-        for length in sorted(set(PAPER_LENGTHS) | set(lengths)):
-            paper = (dict(zip(PAPER_LENGTHS, PAPER_TABLE2["standard"], strict=True)).get(length),
-                     dict(zip(PAPER_LENGTHS, PAPER_TABLE2["EqT"], strict=True)).get(length))
-            cells = [(c.text() if (c := table.cell(name, length)) else "–") for name in ours]
-            body.append([str(length), "–" if paper[0] is None else f"{paper[0]:.2f}",
-                         "–" if paper[1] is None else f"{paper[1]:.2f}", *cells])
-        lines += _md_table(["L", "paper standard", "paper EqT", *[f"ours {n}" for n in ours]],
-                           body)
-    return lines
+
+def _paper_table(table: Table) -> list[str]:
+    """The paper's Table 2 beside the baseline, the primary EqT series and the controls."""
+    lines = ["### The paper's Table 2 beside ours (per-token accuracy %)", "",
+             "Paper: one run per cell, no seeds or intervals reported. Ours: mean ± 95% CI "
+             "(sd, n). `eqt steps=0` (the EqT weights evaluated with K = 0) and the other "
+             "controls are ours; the paper has none.", ""]
+    names = table.series()
+    ours = [Series(BASELINE), *table.primary] + [
+        s for s in names if s.label == EQT and s.rule == K0
+    ] + [s for s in names if s.label in ("aux-only", "compute-matched")]
+    standard = dict(zip(PAPER_LENGTHS, PAPER_TABLE2["standard"], strict=True))
+    eqt = dict(zip(PAPER_LENGTHS, PAPER_TABLE2["EqT"], strict=True))
+    body = []
+    for length in sorted(set(PAPER_LENGTHS) | set(table.lengths)):
+        paper = (standard.get(length), eqt.get(length))
+        cells = [(c.text() if (c := table.cell(s, length)) else "–") for s in ours]
+        body.append([str(length), "–" if paper[0] is None else f"{paper[0]:.2f}",
+                     "–" if paper[1] is None else f"{paper[1]:.2f}", *cells])
+    return lines + _md_table(["L", "paper standard", "paper EqT", *[f"ours {s}" for s in ours]],
+                             body)
 
 
 # -- diagnostics of refinement -------------------------------------------------------------------
@@ -536,13 +608,13 @@ def _stat(values: list[float | None], *, scale: float = 1.0, digits: str = ".3g"
     return text if cell.n == len(values) else f"{text} (n={cell.n})"
 
 
-def _blocks(table: Table, name: str, length: int) -> list[dict[str, Any]]:
+def _blocks(table: Table, name: Series, length: int) -> list[dict[str, Any]]:
     """The ``diagnostics`` blocks of one series and length, one per seed."""
     return [ev["diagnostics"] for _, ev in sorted(table.evals[name].get(length, {}).items())
             if "diagnostics" in ev]
 
 
-def plot_acc_by_k(table: Table, run: str, name: str, path: Path) -> bool:
+def plot_acc_by_k(table: Table, run: str, name: Series, path: Path) -> bool:
     """Accuracy against the step budget K (mean over seeds, sd as error bars), one line per
     length; ``name`` is one of ``run``'s series."""
     import matplotlib.pyplot as plt
@@ -571,8 +643,8 @@ def plot_acc_by_k(table: Table, run: str, name: str, path: Path) -> bool:
 def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
     """The "Diagnostics of refinement" section of one task, from the ``diagnostics`` blocks of
     the EqT series (`ablations.evaluate`); empty when no run has them."""
-    names = [n for n in table.series() if n.startswith("eqt")
-             and any(_blocks(table, n, length) for length in table.lengths)]
+    names = [s for s in table.series() if s.label == EQT
+             and any(_blocks(table, s, length) for length in table.lengths)]
     if not names:
         return []
     lengths = table.lengths
@@ -584,12 +656,21 @@ def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
              "Per-token energies and gradient norms are measured on the first "
              f"{' or '.join(map(str, sizes))} test sequences of each run, the rest on the "
              "whole test set.", ""]
+    lines += _diagnostics_motion(table, names)
+    lines += _diagnostics_gradients(table, names)
+    lines += _diagnostics_detector(table, names)
+    lines += _diagnostics_budget(table, names, plots, out)
+    return lines
 
-    lines += ["**How far the latents move and which predictions change.** Displacement: "
-              "`||z* - z0|| / ||z0||` per position (%, mean and 90th percentile over positions "
-              "and ERMs). Flips: scored tokens whose correctness changed from K = 0 to the rule "
-              "(% of all scored tokens); net = wrong→right minus right→wrong, the accuracy "
-              "change in points.", ""]
+
+def _diagnostics_motion(table: Table, names: list[Series]) -> list[str]:
+    """Displacement of the latents and prediction flips against K = 0."""
+    lengths = table.lengths
+    lines = ["**How far the latents move and which predictions change.** Displacement: "
+             "`||z* - z0|| / ||z0||` per position (%, mean and 90th percentile over positions "
+             "and ERMs). Flips: scored tokens whose correctness changed from K = 0 to the rule "
+             "(% of all scored tokens); net = wrong→right minus right→wrong, the accuracy "
+             "change in points.", ""]
     body = []
     for name in names:
         for length in lengths:
@@ -598,7 +679,7 @@ def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
                 continue
             flips = [b["flips"] for b in blocks]
             body.append([
-                name, str(length), str(len(blocks)),
+                str(name), str(length), str(len(blocks)),
                 _stat([b["displacement"]["mean"] for b in blocks], scale=100),
                 _stat([b["displacement"]["q90"] for b in blocks], scale=100),
                 _stat([f["changed"] for f in flips], scale=100),
@@ -609,11 +690,16 @@ def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
             ])
     lines += _md_table(["series", "L", "n", "displacement % (mean)", "displacement % (q90)",
                         "changed %", "wrong→right %", "right→wrong %", "net (points)"], body)
+    return lines
 
-    lines += ["**What drives the motion.** Mean over positions of `||grad_{z_t} w_i E_i||` per "
-              "term of the objective `L + anchor`, at the proposal z0 → at the refined z*; "
-              "`total` is the whole objective's gradient (the step direction; terms can "
-              "cancel).", ""]
+
+def _diagnostics_gradients(table: Table, names: list[Series]) -> list[str]:
+    """Per-term gradient norms of the objective at z0 and at z*."""
+    lengths = table.lengths
+    lines = ["**What drives the motion.** Mean over positions of `||grad_{z_t} w_i E_i||` per "
+             "term of the objective `L + anchor`, at the proposal z0 → at the refined z*; "
+             "`total` is the whole objective's gradient (the step direction; terms can "
+             "cancel).", ""]
     terms = list(dict.fromkeys(
         label for name in names for length in lengths for b in _blocks(table, name, length)
         for label in b["grad_norm"]["z0"]
@@ -623,36 +709,46 @@ def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
         for length in lengths:
             blocks = _blocks(table, name, length)
             if blocks:
-                body.append([name, str(length), str(len(blocks))] + [
+                body.append([str(name), str(length), str(len(blocks))] + [
                     f"{_stat([b['grad_norm']['z0'].get(t) for b in blocks], digits='.2g')} → "
                     f"{_stat([b['grad_norm']['z_star'].get(t) for b in blocks], digits='.2g')}"
                     for t in terms
                 ])
     lines += _md_table(["series", "L", "n", *terms], body)
+    return lines
 
-    lines += ["**The energy as an error detector** (the calibration the paper's Theorem 4 "
-              "needs: energy tracking the excess loss). AUROC of the per-token learned energy "
-              "`L` at z* (causal increments, summed over ERMs; no prior) for predicting a wrong "
-              "token; 0.5 = no signal. Beside it the same for the model's own confidence "
-              "`1 - max p`, and the mean per-token energy of right and wrong tokens.", ""]
+
+def _diagnostics_detector(table: Table, names: list[Series]) -> list[str]:
+    """AUROC of the learned energy (and of confidence) for wrong tokens."""
+    lengths = table.lengths
+    lines = ["**The energy as an error detector** (the calibration the paper's Theorem 4 "
+             "needs: energy tracking the excess loss). AUROC of the per-token learned energy "
+             "`L` at z* (causal increments, summed over ERMs; no prior) for predicting a wrong "
+             "token; 0.5 = no signal. Beside it the same for the model's own confidence "
+             "`1 - max p`, and the mean per-token energy of right and wrong tokens.", ""]
     body = []
     for name in names:
         for length in lengths:
             blocks = _blocks(table, name, length)
             if blocks:
-                body.append([name, str(length), str(len(blocks)),
+                body.append([str(name), str(length), str(len(blocks)),
                              _stat([b["energy_auroc"] for b in blocks]),
                              _stat([b["confidence_auroc"] for b in blocks]),
                              _stat([b["energy_mean"]["right"] for b in blocks]),
                              _stat([b["energy_mean"]["wrong"] for b in blocks])])
     lines += _md_table(["series", "L", "n", "energy AUROC", "confidence AUROC", "energy (right)",
                         "energy (wrong)"], body)
+    return lines
 
-    lines += ["**Accuracy against the step budget K** (%, `steps=K` for K = 0, 1, 2, 4, ..., "
-              "the largest budget among the run's rules).", ""]
-    runs: dict[str, str] = {}  # run (series without its rule) -> its first series with blocks
+
+def _diagnostics_budget(table: Table, names: list[Series], plots: Path, out: Path) -> list[str]:
+    """Accuracy against the step budget K, a table and a plot per run."""
+    lengths = table.lengths
+    lines = ["**Accuracy against the step budget K** (%, `steps=K` for K = 0, 1, 2, 4, ..., "
+             "the largest budget among the run's rules).", ""]
+    runs: dict[str, Series] = {}  # run (series without its rule) -> its first series with blocks
     for name in names:
-        runs.setdefault(name.rsplit(" ", 1)[0], name)
+        runs.setdefault(name.run, name)
     for run, name in runs.items():
         budgets = sorted({int(k) for length in lengths for b in _blocks(table, name, length)
                           for k in b["acc_by_k"]})

@@ -11,23 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ablations import report
-from ablations.report import Cell, Table
-
-K0 = "steps=0"
+from ablations.report import K0, Cell, Series, Table
 
 
-def rule_of(series: str) -> str:
-    """The evaluation rule a series name carries (``"eqt steps=8"`` -> ``steps=8``; controls,
-    evaluated once, -> ``steps=0``)."""
-    return series.partition(" ")[2] or K0
-
-
-def cells(table: Table) -> dict[tuple[str, int], dict[int, Cell]]:
+def cells(table: Table) -> dict[tuple[Series, int], dict[int, Cell]]:
     """``(series, trained length) -> {evaluated length: Cell}`` over the runs that have
     ``evals_by_length``."""
     out: dict[tuple[str, int], dict[int, Cell]] = {}
     for name, by_length in table.rows.items():
-        rule = rule_of(name)
+        rule = name.rule or K0  # controls are evaluated once, with steps=0
         for length, by_seed in by_length.items():
             values: dict[int, list[float]] = {}
             for _, row in sorted(by_seed.items()):
@@ -64,7 +56,7 @@ def section(table: Table, plots: Path, out: Path) -> list[str]:
     lines = [f"### Length generalisation ({table.task})", "",
              "Per-token accuracy % at each evaluated length (mean ± 95% CI, sd, n seeds) of "
              "models trained at one length; every length's test set is drawn afresh.", ""]
-    body = [[name, str(length)] + [by_length[L].text() if L in by_length else "–"
+    body = [[str(name), str(length)] + [by_length[L].text() if L in by_length else "–"
                                    for L in lengths]
             for (name, length), by_length in found.items()]
     lines += report._md_table(["series", "trained at"] + [f"L={L}" for L in lengths], body)
@@ -74,7 +66,7 @@ def section(table: Table, plots: Path, out: Path) -> list[str]:
     return lines
 
 
-def plot(found: dict[tuple[str, int], dict[int, Cell]], task: str, path: Path) -> None:
+def plot(found: dict[tuple[Series, int], dict[int, Cell]], task: str, path: Path) -> None:
     """Accuracy against evaluated length, one line per (series, trained length)."""
     import matplotlib.pyplot as plt
 
