@@ -80,20 +80,6 @@ def pin_threads(threads: int | None = None) -> None:
     torch.set_num_threads(THREADS)
 
 
-def median_time(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> tuple[float, Any]:
-    """Median wall time of ``fn()`` over `repeats` calls after `warmup` untimed calls, and the
-    last call's result."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def interleaved_medians(
     fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1
 ) -> dict[str, tuple[float, Any]]:

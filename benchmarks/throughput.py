@@ -20,8 +20,6 @@ from ablations.run import build_parser, plan
 from ablations.train import train_run
 from benchmarks.common import Report, pin_threads
 
-GPU_TARGET_HOURS = 1.0
-
 
 def run(*, quick: bool = False) -> Report:
     pin_threads()
