@@ -36,8 +36,8 @@ def test_the_report_of_the_fixture_database_is_unchanged(tmp_path, monkeypatch):
     ],
 )
 def test_a_series_is_a_record_not_a_string_to_split(series, text, refines):
-    """A tag with a space (a list-valued field) no longer splits the name: the rule and the
-    run are fields."""
+    """A tag with a space (a list-valued field) stays in the run's name: the rule and the run
+    are fields, not parts of a string."""
     assert str(series) == text and f"{series:>40}" == f"{text:>40}"
     assert series.refines is refines
     if series.label == EQT:
