@@ -331,6 +331,86 @@ def run_local(
                 on_finished(run_hash, status)
 
 
+def check_gpus_per_run(value: float) -> float:
+    """``value`` if it is a GPU share Ray can schedule: a fraction in (0, 1] or a whole number
+    of GPUs; else `ValueError`."""
+    whole = float(value).is_integer() if isinstance(value, (int, float)) else False
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value <= 1 or (value > 1 and whole)
+    ):
+        raise ValueError(
+            f"GPUs per run must be a fraction in (0, 1] (e.g. 0.25: four runs per GPU) or a "
+            f"whole number of GPUs, got {value!r}"
+        )
+    return float(value)
+
+
+def run_pool(
+    store: Store,
+    hashes: list[str],
+    *,
+    out: Path,
+    train_fn: TrainFn,
+    retries: int,
+    on_finished: Callable[[str, str], None],
+    workers: int,
+    threads: int = 0,
+) -> None:
+    """Run the pending runs among `hashes`, `workers` at a time, each in a process of its own
+    on this machine (several runs on one device when one run cannot fill it); this process
+    claims and writes every row.
+
+    At most `workers` runs are claimed at a time (the rest stay pending for other runners).
+    Each attempt runs in a fresh spawned process (not forked: torch's threads do not survive a
+    fork; a process per attempt: a worker that dies, killed or out of memory, fails only its
+    own run, as a retryable error) with `threads` torch threads (0: torch's default, one per
+    core, in every process). An interrupt gives every claimed run back and stops the workers.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    if type(workers) is not int or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    commit = git_commit()
+    in_flight: dict[Future, tuple[str, ProcessPoolExecutor]] = {}
+
+    def submit() -> None:
+        while len(in_flight) < workers and (run_hash := store.claim_next(hashes)) is not None:
+            heartbeat.add(run_hash)
+            worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+            future = worker.submit(
+                attempt, train_fn, store.config(run_hash), run_hash, out / "runs" / run_hash,
+                progress=False, threads=threads,
+            )
+            in_flight[future] = (run_hash, worker)
+
+    with Heartbeat(store.path) as heartbeat:
+        try:
+            submit()
+            while in_flight:
+                ready, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in ready:
+                    run_hash, worker = in_flight.pop(future)
+                    heartbeat.discard(run_hash)
+                    worker.shutdown(wait=True)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool as error:
+                        outcome = Outcome(run_hash, ok=False, error=f"worker process died: {error}")
+                    status = record(store, outcome, max_attempts=1 + retries, commit=commit)
+                    on_finished(run_hash, status)
+                submit()  # includes runs re-queued by a failure
+        except BaseException:
+            for run_hash, worker in in_flight.values():
+                store.release(run_hash)
+                # no public way before Python 3.14 (terminate_workers); it would train on, unowned
+                for process in list((getattr(worker, "_processes", None) or {}).values()):
+                    process.terminate()
+                worker.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def _ray_attempt(
     train_fn: TrainFn, config: dict[str, Any], run_hash: str, workdir: str, threads: int
 ) -> Outcome:
@@ -350,11 +430,14 @@ def run_ray(
     on_finished: Callable[[str, str], None],
     address: str | None = None,
     threads: int = 0,
+    gpus_per_run: float = 1.0,
 ) -> None:
     """Run the pending runs among `hashes` as Ray tasks; this process writes every row.
 
-    One task per run, ``num_gpus=1`` when the cluster has GPUs (else one CPU; Ray then runs
-    each task with one torch thread unless `threads` says otherwise). Task failures
+    One task per run: ``num_gpus=gpus_per_run`` when the cluster has GPUs (a fraction packs
+    ``1 / gpus_per_run`` runs on each GPU, for runs too small to fill one;
+    `check_gpus_per_run`), else one CPU (Ray then runs each task with one torch thread unless
+    `threads` says otherwise). Task failures
     (a worker dying) are retried by Ray (``max_retries``); a run that raises is resubmitted by
     the driver until it has had ``1 + retries`` attempts. Work directories must be on a file
     system every node sees (a local instance always does).
@@ -368,7 +451,8 @@ def run_ray(
         )
     gpus = ray.cluster_resources().get("GPU", 0) > 0
     remote = ray.remote(_ray_attempt).options(
-        num_gpus=1 if gpus else 0, num_cpus=1, max_retries=retries
+        num_gpus=check_gpus_per_run(gpus_per_run) if gpus else 0, num_cpus=1,
+        max_retries=retries,
     )
     commit = git_commit()
     in_flight: dict[Any, str] = {}

@@ -41,7 +41,7 @@ from typing import Any
 
 from ablations import presets, validate
 from ablations.config import TASKS, RunConfig
-from ablations.executors import EXECUTORS
+from ablations.executors import EXECUTORS, check_gpus_per_run
 from ablations.store import DEFAULT_LEASE_S, Store, UnreadableStore, check_lease, unreadable
 from eqtheory import plugins, stopping
 from eqtheory.registry import did_you_mean
@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads per run, at most 256; 0 = torch's default (one per core). "
              "Small models gain little from more, and a busy machine makes torch's spinning "
              "threads up to 20x slower (default: 1)")
+    add("--workers", type=int, default=1,
+        help="--executor local: run this many runs at once, each in its own process on this "
+             "machine (several runs per device when one run cannot fill it; each with "
+             "--threads torch threads); this process still writes every row (default: 1, "
+             "runs one after another in this process)")
+    add("--gpus-per-run", type=float, default=1.0,
+        help="--executor ray on GPUs: the GPU share of each run, a fraction in (0, 1] packs "
+             "1/x runs per GPU (e.g. 0.25: four), or a whole number of GPUs (default: 1)")
     add("--ray-address", default=None,
         help="Ray cluster address for --executor ray (default: start a local instance)")
     add("--retries", type=int, default=1,
@@ -323,6 +331,14 @@ def plan(args: argparse.Namespace) -> Plan:
         raise CliError(f"--plugin: {type(error).__name__}: {error}") from None
     if args.retries < 0:
         raise CliError("--retries must be >= 0")
+    if not 1 <= args.workers <= validate.MAX_THREADS:
+        raise CliError(f"--workers must be in 1..{validate.MAX_THREADS}, got {args.workers}")
+    if args.workers > 1 and args.executor != "local":
+        raise CliError("--workers is for --executor local (Ray schedules its own workers)")
+    try:
+        check_gpus_per_run(args.gpus_per_run)
+    except ValueError as error:
+        raise CliError(f"--gpus-per-run: {error}") from None
     if not 0 <= args.threads <= validate.MAX_THREADS:
         raise CliError(f"--threads must be in 0..{validate.MAX_THREADS}, got {args.threads}")
     for name in VARIANT_FLAGS:  # flags not given take the preset's variant, else the default
@@ -650,6 +666,12 @@ def sweep_runs(
                 executors.run_ray(
                     store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
                     on_finished=on_finished, address=args.ray_address, threads=args.threads,
+                    gpus_per_run=args.gpus_per_run,
+                )
+            elif args.workers > 1:
+                executors.run_pool(
+                    store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
+                    on_finished=on_finished, workers=args.workers, threads=args.threads,
                 )
             else:
                 executors.run_local(
