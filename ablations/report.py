@@ -31,7 +31,7 @@ import math
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -663,82 +663,79 @@ def section_diagnostics(table: Table, plots: Path, out: Path) -> list[str]:
     return lines
 
 
+def _block_rows(
+    table: Table, names: list[Series], columns: Callable[[list[dict[str, Any]]], list[str]]
+) -> list[list[str]]:
+    """One row per series and length that has diagnostics blocks: the series, L, the number
+    of blocks (seeds) and ``columns(blocks)``."""
+    return [[str(name), str(length), str(len(blocks)), *columns(blocks)]
+            for name in names for length in table.lengths
+            if (blocks := _blocks(table, name, length))]
+
+
+def _motion_columns(blocks: list[dict[str, Any]]) -> list[str]:
+    flips = [b["flips"] for b in blocks]
+    return [
+        _stat([b["displacement"]["mean"] for b in blocks], scale=100),
+        _stat([b["displacement"]["q90"] for b in blocks], scale=100),
+        _stat([f["changed"] for f in flips], scale=100),
+        _stat([f["wrong_to_right"] for f in flips], scale=100),
+        _stat([f["right_to_wrong"] for f in flips], scale=100),
+        _stat([f["wrong_to_right"] - f["right_to_wrong"] for f in flips], scale=100,
+              digits="+.3f"),
+    ]
+
+
 def _diagnostics_motion(table: Table, names: list[Series]) -> list[str]:
     """Displacement of the latents and prediction flips against K = 0."""
-    lengths = table.lengths
     lines = ["**How far the latents move and which predictions change.** Displacement: "
              "`||z* - z0|| / ||z0||` per position (%, mean and 90th percentile over positions "
              "and ERMs). Flips: scored tokens whose correctness changed from K = 0 to the rule "
              "(% of all scored tokens); net = wrong→right minus right→wrong, the accuracy "
              "change in points.", ""]
-    body = []
-    for name in names:
-        for length in lengths:
-            blocks = _blocks(table, name, length)
-            if not blocks:
-                continue
-            flips = [b["flips"] for b in blocks]
-            body.append([
-                str(name), str(length), str(len(blocks)),
-                _stat([b["displacement"]["mean"] for b in blocks], scale=100),
-                _stat([b["displacement"]["q90"] for b in blocks], scale=100),
-                _stat([f["changed"] for f in flips], scale=100),
-                _stat([f["wrong_to_right"] for f in flips], scale=100),
-                _stat([f["right_to_wrong"] for f in flips], scale=100),
-                _stat([f["wrong_to_right"] - f["right_to_wrong"] for f in flips], scale=100,
-                      digits="+.3f"),
-            ])
-    lines += _md_table(["series", "L", "n", "displacement % (mean)", "displacement % (q90)",
-                        "changed %", "wrong→right %", "right→wrong %", "net (points)"], body)
-    return lines
+    return lines + _md_table(
+        ["series", "L", "n", "displacement % (mean)", "displacement % (q90)", "changed %",
+         "wrong→right %", "right→wrong %", "net (points)"],
+        _block_rows(table, names, _motion_columns),
+    )
 
 
 def _diagnostics_gradients(table: Table, names: list[Series]) -> list[str]:
     """Per-term gradient norms of the objective at z0 and at z*."""
-    lengths = table.lengths
     lines = ["**What drives the motion.** Mean over positions of `||grad_{z_t} w_i E_i||` per "
              "term of the objective `L + anchor`, at the proposal z0 → at the refined z*; "
              "`total` is the whole objective's gradient (the step direction; terms can "
              "cancel).", ""]
     terms = list(dict.fromkeys(
-        label for name in names for length in lengths for b in _blocks(table, name, length)
-        for label in b["grad_norm"]["z0"]
+        label for name in names for length in table.lengths
+        for b in _blocks(table, name, length) for label in b["grad_norm"]["z0"]
     ))
-    body = []
-    for name in names:
-        for length in lengths:
-            blocks = _blocks(table, name, length)
-            if blocks:
-                body.append([str(name), str(length), str(len(blocks))] + [
-                    f"{_stat([b['grad_norm']['z0'].get(t) for b in blocks], digits='.2g')} → "
-                    f"{_stat([b['grad_norm']['z_star'].get(t) for b in blocks], digits='.2g')}"
-                    for t in terms
-                ])
-    lines += _md_table(["series", "L", "n", *terms], body)
-    return lines
+
+    def columns(blocks: list[dict[str, Any]]) -> list[str]:
+        return [f"{_stat([b['grad_norm']['z0'].get(t) for b in blocks], digits='.2g')} → "
+                f"{_stat([b['grad_norm']['z_star'].get(t) for b in blocks], digits='.2g')}"
+                for t in terms]
+
+    return lines + _md_table(["series", "L", "n", *terms], _block_rows(table, names, columns))
 
 
 def _diagnostics_detector(table: Table, names: list[Series]) -> list[str]:
     """AUROC of the learned energy (and of confidence) for wrong tokens."""
-    lengths = table.lengths
     lines = ["**The energy as an error detector** (the calibration the paper's Theorem 4 "
              "needs: energy tracking the excess loss). AUROC of the per-token learned energy "
              "`L` at z* (causal increments, summed over ERMs; no prior) for predicting a wrong "
              "token; 0.5 = no signal. Beside it the same for the model's own confidence "
              "`1 - max p`, and the mean per-token energy of right and wrong tokens.", ""]
-    body = []
-    for name in names:
-        for length in lengths:
-            blocks = _blocks(table, name, length)
-            if blocks:
-                body.append([str(name), str(length), str(len(blocks)),
-                             _stat([b["energy_auroc"] for b in blocks]),
-                             _stat([b["confidence_auroc"] for b in blocks]),
-                             _stat([b["energy_mean"]["right"] for b in blocks]),
-                             _stat([b["energy_mean"]["wrong"] for b in blocks])])
-    lines += _md_table(["series", "L", "n", "energy AUROC", "confidence AUROC", "energy (right)",
-                        "energy (wrong)"], body)
-    return lines
+
+    def columns(blocks: list[dict[str, Any]]) -> list[str]:
+        return [_stat([b["energy_auroc"] for b in blocks]),
+                _stat([b["confidence_auroc"] for b in blocks]),
+                _stat([b["energy_mean"]["right"] for b in blocks]),
+                _stat([b["energy_mean"]["wrong"] for b in blocks])]
+
+    return lines + _md_table(["series", "L", "n", "energy AUROC", "confidence AUROC",
+                              "energy (right)", "energy (wrong)"],
+                             _block_rows(table, names, columns))
 
 
 def _diagnostics_budget(table: Table, names: list[Series], plots: Path, out: Path) -> list[str]:
@@ -752,15 +749,12 @@ def _diagnostics_budget(table: Table, names: list[Series], plots: Path, out: Pat
     for run, name in runs.items():
         budgets = sorted({int(k) for length in lengths for b in _blocks(table, name, length)
                           for k in b["acc_by_k"]})
-        body = []
-        for length in lengths:
-            blocks = _blocks(table, name, length)
-            if blocks:
-                body.append([run, str(length), str(len(blocks))] + [
-                    _stat([b["acc_by_k"].get(str(k)) for b in blocks], scale=100, digits=".2f")
-                    for k in budgets
-                ])
-        lines += _md_table(["run", "L", "n", *[f"K={k}" for k in budgets]], body)
+        rows = _block_rows(table, [name], lambda blocks, budgets=budgets: [
+            _stat([b["acc_by_k"].get(str(k)) for b in blocks], scale=100, digits=".2f")
+            for k in budgets
+        ])
+        lines += _md_table(["run", "L", "n", *[f"K={k}" for k in budgets]],
+                           [[run, *row[1:]] for row in rows])
         png = plots / f"acc_by_k_{table.task}_{_slug(run)}.png"
         if plot_acc_by_k(table, run, name, png):
             lines += [f"![accuracy vs K {run}]({png.relative_to(out)})", ""]
