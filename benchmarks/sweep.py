@@ -185,11 +185,12 @@ def _accuracy(out: Path) -> dict[str, dict[str, float]]:
             for series, by in table.items()}
 
 
-def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu") -> dict[str, Any]:
-    """Time ``python -m ablations.run --preset <preset>`` sequentially and with
-    ``--ensemble auto`` (and, with ``baseline_commit``, sequentially at that commit, extracted
-    with ``git archive`` under ``out``), one after another in this sitting; write
-    ``out/grid.json`` with the wall times, load averages and accuracy tables."""
+def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
+         seeds: str | None = None) -> dict[str, Any]:
+    """Time ``python -m ablations.run --preset <preset> [--seeds <seeds>]`` with
+    ``--ensemble auto`` and sequentially (and, with ``baseline_commit``, sequentially at that
+    commit, extracted with ``git archive`` under ``out``), one after another in this sitting;
+    write ``out/grid.json`` with the wall times, load averages and accuracy tables."""
     root = Path(__file__).resolve().parent.parent
     jobs = [("ensemble", root, ["--ensemble", "auto"]), ("sequential", root, [])]
     if baseline_commit is not None:
@@ -199,11 +200,14 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu") -> dict
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
         jobs.append((f"sequential@{baseline_commit}", source, []))
-    result: dict[str, Any] = {"machine": machine(), "preset": preset, "runs": {}}
+    result: dict[str, Any] = {"machine": machine(), "preset": preset, "seeds": seeds,
+                              "runs": {}}
     for name, cwd, extra in jobs:
         target = out / name.replace("@", "-at-")
         command = [sys.executable, "-m", "ablations.run", "--preset", preset, "--out",
                    str(target), "--no-report", *extra]
+        if seeds is not None:
+            command += ["--seeds", seeds]
         before = os.getloadavg()
         start = time.perf_counter()
         subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
@@ -234,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-commit", default=None,
                         help="with --grid: also time the grid sequentially at this commit")
     parser.add_argument("--preset", default="cpu", help="with --grid: the preset (default: cpu)")
+    parser.add_argument("--seeds", default=None,
+                        help="with --grid: the runner's --seeds (default: the preset's)")
     parser.add_argument("--quick", action="store_true", help="tiny step benchmark (seconds)")
     args = parser.parse_args(argv)
     if args.grid is None:
         print(run(quick=args.quick).markdown())
         return 0
     args.grid.mkdir(parents=True, exist_ok=True)
-    grid(args.grid, baseline_commit=args.baseline_commit, preset=args.preset)
+    grid(args.grid, baseline_commit=args.baseline_commit, preset=args.preset, seeds=args.seeds)
     return 0
 
 
