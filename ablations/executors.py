@@ -182,7 +182,7 @@ def ensemble_width(choice: str, config: RunConfig, members: int) -> int:
     ``choice``: a whole number ``N >= 1`` (at most ``N``), or ``auto``: every member, capped
     so that the members' estimated peak memory (`ablations.validate.estimate`, per run) fits in
     half of the memory that is free now (CUDA: the device's free memory; CPU: the machine's
-    available memory), at least 1.
+    available memory; no cap where the system does not report it), at least 1.
     """
     if choice != "auto":
         return max(1, min(int(choice), members))
@@ -193,7 +193,10 @@ def ensemble_width(choice: str, config: RunConfig, members: int) -> int:
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
         free = torch.cuda.mem_get_info()[0]
     else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):  # no such counter on this system: no memory cap
+            return members
     per_run = max(1.0, validate.estimate(config).peak_bytes)
     return max(1, min(members, int(0.5 * free // per_run)))
 

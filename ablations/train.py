@@ -75,7 +75,7 @@ class RunResult:
 
 def kept_samples(solutions: list[Solution], batch: int, device: torch.device) -> Tensor:
     """``[B]`` bool: sequences none of whose solves ended ``nonfinite`` or ``diverged`` (a
-    per-position solve's statuses ``[B*T]`` are grouped by sequence); no host sync."""
+    per-position solve's statuses ``[B, T]`` are grouped by sequence); no host sync."""
     keep = torch.ones(batch, dtype=torch.bool, device=device)
     for solution in solutions:
         codes = solution.status.view(batch, -1)  # (B, 1) or (B, T)
@@ -361,7 +361,8 @@ class _Member:
 
     ``batch_at(step)`` gives the batch of optimizer step ``step`` (``inputs, targets [B, T]``
     on the device) from the run's own seed; ``model`` is the run's own model (initialised from
-    its seed; the ensemble's weights are copied back into it for evaluation)."""
+    its seed; the ensemble's weights are copied back into it for evaluation); ``state`` the
+    checkpoint it resumed from; ``result`` or ``failure`` how it ended."""
 
     config: RunConfig
     path: Path
@@ -370,7 +371,8 @@ class _Member:
     batch_at: Callable[[int], tuple[Tensor, Tensor]]
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    state: dict[str, Any] | None = None  # the checkpoint it resumed from
+    state: dict[str, Any] | None = None
+    result: RunResult | None = None
     failure: Exception | None = None
 
 
@@ -482,10 +484,10 @@ def train_runs(
             (result,) = train_runs([member.config], workdirs=[member.path.parent],
                                    progress=progress, log=log)
             member.failure = result if isinstance(result, Exception) else None
-            member.state = {"result": result}
+            member.result = None if isinstance(result, Exception) else result
     elif alive:
         _train(alive, device=device, started=started, progress=progress, log=log)
-    return [m.failure if m.failure is not None else m.state["result"] for m in members]
+    return [m.failure if m.failure is not None else m.result for m in members]
 
 
 def _split_reason(members: list[_Member]) -> str | None:
@@ -507,7 +509,7 @@ def _train(
     log: Callable[[str], None],
 ) -> None:
     """Train ``members`` (all at one step) as one model, then evaluate each; sets each
-    member's ``state["result"]`` or ``failure``."""
+    member's ``result`` or ``failure``."""
     count, config = len(members), members[0].config
     spec, length = config.variant, config.length
     autocast = (
@@ -640,7 +642,7 @@ def _train(
             timings = {"train_s": train_s, "eval_s": eval_s, "total_s": train_s + eval_s}
             if count > 1:
                 timings["ensemble"] = float(count)
-            members[index].state = {"result": RunResult(metrics=metrics, timings=timings)}
+            members[index].result = RunResult(metrics=metrics, timings=timings)
 
 
 def _evaluate(
