@@ -12,7 +12,8 @@ from pathlib import Path
 from benchmarks.common import machine, pin_threads
 from eqtheory.registry import did_you_mean
 
-BENCHMARKS = ("solvers", "memory", "overhead", "throughput", "chain", "scan", "sweep")
+BENCHMARKS = ("solvers", "memory", "overhead", "throughput", "chain", "scan", "sweep",
+              "compile")
 
 
 def available() -> list[str]:

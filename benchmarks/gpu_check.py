@@ -1,0 +1,474 @@
+"""``python -m benchmarks.gpu_check --out DIR``: the GPU check in one command (under 8 minutes).
+
+Sections, in this order (each writes ``DIR/gpu_check.md`` and ``DIR/gpu_check.json`` again when
+it ends, so a kill leaves what was measured):
+
+1. ``steps``: for each label (baseline, EqT, aux-only, compute-matched; the configs that
+   ``python -m ablations.run --preset paper`` plans, seed 0) at T = 8, 64 and 256, paper size
+   with the preset's bf16 autocast: the setup (data, model), one timed training step
+   (`ablations.train.training_step`, the median-free mean of ``REPEATS`` steps after
+   ``WARMUP``, synchronised) and one evaluation (`ablations.evaluate.evaluate_all` on the
+   paper's 4,096 test sequences under every rule of the run), with peak memory.
+2. ``ensembles``: the same training step for a seed ensemble of the preset's 5 seeds
+   (`eqtheory.model.ensemble.stack`), per label and T.
+3. ``sweep``: a 2-run sweep end to end (``python -m ablations.run --preset smoke --lengths 8``:
+   baseline + EqT, bf16 on CUDA), checked in its database.
+4. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
+5. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
+   compile time included, in a subprocess that the time guard can stop.
+6. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T).
+
+Then ``extrapolation``: the paper grid (9 lengths x 4 labels x 5 seeds, 3,200 steps) from the
+measured steps, linear in T between (and beyond) the measured lengths: per run
+``setup + steps x step + eval``, one run after another; and with seed ensembles (one
+ensemble step for the 5 seeds, each seed evaluated alone).
+
+It fails loudly: ``--device cuda`` (the default) without a visible GPU exits 2 before anything
+runs. A global time guard (``--budget-s``) starts no section (or no step of one) that would
+not fit, and stops subprocesses at the deadline; what was measured is written either way.
+Exit codes: 0 every section ran and passed; 1 a section failed; 2 bad usage or no CUDA;
+3 the time guard left sections out. ``--device cpu --quick`` runs the same pipeline with a
+tiny model (lengths 8, 16, 32; compile with the ``aot_eager`` backend) to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import machine, pin_threads
+
+SECTIONS = ("steps", "ensembles", "sweep", "tests", "compile", "scan")
+LENGTHS, QUICK_LENGTHS = (8, 64, 256), (8, 16, 32)
+QUICK_SIZE = dict(layers=1, width=16, heads=2, batch_size=8, train_size=64, test_size=32,
+                  eval_batch_size=32)
+WARMUP, REPEATS = 2, 5
+DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end within 8
+NEED_S = {"steps": 20, "ensembles": 20, "sweep": 60, "tests": 40, "compile": 150, "scan": 40}
+"""Seconds a section needs at least; it is left out when less than this remains."""
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_MIN = 60.0
+
+
+class Guard:
+    """The global time budget: `left` seconds until the deadline."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + budget_s
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class Check:
+    """What the check measured so far, and where it goes."""
+
+    out: Path
+    device: str
+    quick: bool
+    command: str
+    results: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+    def write(self, guard: Guard) -> None:
+        self.results["wall_s"] = guard.elapsed()
+        payload = {"device": self.device, "quick": self.quick, "command": self.command,
+                   "machine": machine(), "failures": self.failures, "left_out": self.left_out,
+                   **self.results}
+        (self.out / "gpu_check.json").write_text(json.dumps(payload, indent=2, default=str))
+        (self.out / "gpu_check.md").write_text(markdown(payload))
+
+
+def plan_configs(device: str, quick: bool, lengths: tuple[int, ...], out: Path):
+    """``[(label, RunConfig)]`` that ``ablations.run --preset paper`` plans for seed 0."""
+    from ablations.run import build_parser, plan
+
+    argv = ["--preset", "paper", "--lengths", ",".join(map(str, lengths)), "--seeds", "0",
+            "--device", device, "--dry-run", "--out", str(out / "plan")]
+    for key, value in (QUICK_SIZE.items() if quick else ()):
+        argv += ["--set", f"{key}={value}"]
+    return plan(build_parser().parse_args(argv)).runs
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(config, device: torch.device) -> contextlib.AbstractContextManager:
+    if config.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool = True,
+             compile_backend: str | None = None) -> dict[str, Any]:
+    """Setup, training step and (``evaluate``) one evaluation of `config` on `device`, as
+    `ablations.train` runs them; ``members > 1``: a stacked seed ensemble's step."""
+    from ablations import tasks
+    from ablations.evaluate import evaluate_all
+    from ablations.train import MASK_RATE, make_optimizer, training_step
+    from eqtheory.energies.mask import random_mask
+    from eqtheory.model.ensemble import stack
+    from eqtheory.variants import build
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    task, length, batch = tasks.get(config.task), config.length, config.batch_size
+    _, test_set = tasks.datasets(task, length=length, seed=0, train_size=0,
+                                 test_size=config.test_size)
+    torch.manual_seed(0)
+    models = [build(config.variant, vocab=task.vocab, width=config.width, layers=config.layers,
+                    heads=config.heads, max_len=length).to(device) for _ in range(members)]
+    model = models[0] if members == 1 else stack(models)
+    if compile_backend is not None:
+        from ablations.compile import compile_model
+
+        compile_model(model, backend=compile_backend)
+    optimizer = make_optimizer(model, config, device=device, members=members)
+    sample = task.sample(members * batch, length, tasks.generator(0, "gpu", device=device))
+    with_energy = config.variant.kind == "eqt"
+    mask = random_mask(sample.inputs, MASK_RATE, generator=tasks.generator(
+        0, "mask", device=device)) if with_energy else None  # (M*B, T)
+    inputs, targets = (t.view(members, batch, length) for t in (sample.inputs, sample.targets))
+    scored, autocast = task.scored(length).to(device), _autocast(config, device)
+    _sync(device)
+    setup_s = time.perf_counter() - started
+
+    def step() -> None:
+        training_step(model, optimizer, inputs, targets, mask, scored=scored,
+                      beta=config.variant.beta, grad_clip=config.grad_clip,
+                      with_energy=with_energy, autocast=autocast)
+
+    model.train()
+    started = time.perf_counter()
+    for _ in range(WARMUP):
+        step()
+    _sync(device)
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(REPEATS):
+        step()
+    _sync(device)
+    result = {"setup_s": setup_s, "warmup_s": first_s,
+              "step_s": (time.perf_counter() - started) / REPEATS,
+              "params": sum(p.numel() for p in models[0].parameters())}
+    if evaluate:
+        started = time.perf_counter()
+        evals = evaluate_all(model, test_set, task, config, device=device, autocast=autocast)
+        _sync(device)
+        result["eval_s"] = time.perf_counter() - started
+        result["acc"] = {stop: ev["acc"] for stop, ev in evals.items()}
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def section_steps(check: Check, guard: Guard, *, members: int) -> dict[str, Any]:
+    """`time_run` of every planned (label, T); stops early (marked) near the deadline."""
+    device = torch.device(check.device)
+    lengths = QUICK_LENGTHS if check.quick else LENGTHS
+    rows, cut = [], []
+    for label, config in plan_configs(check.device, check.quick, lengths, check.out):
+        if guard.left() < NEED_S["steps"] / 2:
+            cut.append(f"{label} T={config.length}")
+            continue
+        try:
+            timed = time_run(config, device, members=members, evaluate=members == 1)
+        except Exception as error:  # noqa: BLE001  (one cell's failure is reported, not fatal)
+            check.failures.append(f"{'ensembles' if members > 1 else 'steps'}: {label} "
+                                  f"T={config.length}: {type(error).__name__}: {error}"[:400])
+            continue
+        rows.append({"label": label, "T": config.length, "layers": config.layers,
+                     "members": members, **timed})
+    if cut:
+        check.left_out.append(f"{'ensembles' if members > 1 else 'steps'} (time guard): "
+                              + ", ".join(cut))
+    return {"rows": rows, "batch": config.batch_size, "width": config.width,
+            "amp": config.amp, "warmup": WARMUP, "repeats": REPEATS}
+
+
+def _subprocess(argv: list[str], guard: Guard, cap_s: float) -> dict[str, Any]:
+    """Run `argv` from the repository root, stopped at ``min(cap_s, time left - 10 s)``."""
+    timeout = max(1.0, min(cap_s, guard.left() - 10))
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        tail = (expired.stdout or b"")[-2000:]
+        return {"rc": None, "timed_out": True, "wall_s": time.perf_counter() - started,
+                "tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+    return {"rc": done.returncode, "timed_out": False, "wall_s": time.perf_counter() - started,
+            "tail": (done.stdout + done.stderr)[-3000:]}
+
+
+def section_sweep(check: Check, guard: Guard) -> dict[str, Any]:
+    """A 2-run sweep (smoke preset, L = 8: baseline + EqT) end to end, in its own process."""
+    out = check.out / "sweep"
+    argv = [sys.executable, "-m", "ablations.run", "--preset", "smoke", "--lengths", "8",
+            "--seeds", "0", "--device", check.device, "--out", str(out)]
+    argv += ["--set", "train_steps=20"] if check.quick else ["--set", "amp=true"]
+    result = _subprocess(argv, guard, cap_s=300)
+    rows = []
+    if (out / "results.sqlite").exists():
+        db = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True)
+        try:
+            rows = [dict(zip(("label", "status", "device", "timings"), r)) for r in db.execute(
+                "SELECT label, status, device, timings FROM runs ORDER BY label")]
+        finally:
+            db.close()
+    result["runs"] = rows
+    if result["rc"] != 0 or len(rows) != 2 or {r["status"] for r in rows} != {"done"}:
+        check.failures.append(f"sweep: rc {result['rc']}, runs {[r['status'] for r in rows]}")
+    if not (out / "report.md").exists():
+        check.failures.append("sweep: no report.md")
+    return result
+
+
+def section_tests(check: Check, guard: Guard) -> dict[str, Any]:
+    """``pytest -k cuda`` (quick: only the solver tests' CUDA case, to check the plumbing)."""
+    paths = ["tests/test_core_solvers.py"] if check.quick else ["tests"]
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-k", "cuda",
+            *paths]
+    result = _subprocess(argv, guard, cap_s=240)
+    lines = result["tail"].strip().splitlines()
+    result["summary"] = lines[-1] if lines else ""
+    result["skips"] = [line for line in lines if line.startswith("SKIPPED")]
+    no_cuda = [s for s in result["skips"] if re.search(r"no CUDA|CUDA is not available", s)]
+    if result["rc"] != 0:
+        check.failures.append(f"tests: rc {result['rc']}: {result['summary']}")
+    elif check.device == "cuda" and no_cuda:
+        check.failures.append(f"tests: skipped for want of CUDA on a GPU: {no_cuda}")
+    return result
+
+
+COMPILE_PROBE = """
+import json, sys, torch
+from benchmarks.gpu_check import plan_configs, time_run
+from pathlib import Path
+device, quick, backend = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+length, out = int(sys.argv[4]), Path(sys.argv[5])
+if device == "cpu":
+    torch.set_num_threads(1)
+config = next(c for l, c in plan_configs(device, quick, (length,), out) if l == "eqt")
+rows = {name: time_run(config, torch.device(device), evaluate=False, compile_backend=b)
+        for name, b in (("eager", None), ("compiled", backend))}
+(out / "compile.json").write_text(json.dumps(rows))
+"""
+
+
+def section_compile(check: Check, guard: Guard) -> dict[str, Any]:
+    """EqT's training step at T = 64 (quick: 16), eager and compiled, in a subprocess."""
+    backend, length = ("aot_eager", 16) if check.quick else ("inductor", 64)
+    argv = [sys.executable, "-c", COMPILE_PROBE, check.device, "1" if check.quick else "0",
+            backend, str(length), str(check.out)]
+    result = _subprocess(argv, guard, cap_s=400)
+    result.update(backend=backend, T=length)
+    path = check.out / "compile.json"
+    if result["rc"] == 0 and path.exists():
+        result["timings"] = json.loads(path.read_text())
+    else:
+        check.failures.append(f"compile: rc {result['rc']}, timed out {result['timed_out']}")
+    return result
+
+
+def section_scan(check: Check, guard: Guard) -> dict[str, Any]:
+    from benchmarks import scan
+
+    del guard
+    report = scan.run(quick=check.quick, device=check.device)
+    return {"markdown": report.markdown(), "report": report.as_dict()}
+
+
+def _at(length: int, points: list[tuple[int, float]]) -> float:
+    """Piecewise-linear in T through the measured ``(T, value)`` points, extended linearly
+    beyond them (one point: that value); never below 0."""
+    points = sorted(points)
+    if len(points) == 1:
+        return points[0][1]
+    index = 0
+    while index < len(points) - 2 and length > points[index + 1][0]:
+        index += 1
+    (t0, v0), (t1, v1) = points[index], points[index + 1]
+    return max(0.0, v0 + (v1 - v0) * (length - t0) / (t1 - t0))
+
+
+def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict[str, Any]:
+    """The paper grid's wall time on this device from the measured cells (see the module
+    docstring); minutes, per label and in total, sequential and with seed ensembles."""
+    from ablations import presets
+
+    paper = presets.get("paper")
+    seeds, train_steps = len(paper.seeds), paper.config["train_steps"]
+    single = {r["label"]: [] for r in steps["rows"]}
+    for row in steps["rows"]:
+        single[row["label"]].append(row)
+    joint = {}
+    for row in (ensembles or {}).get("rows", []):
+        joint.setdefault(row["label"], []).append((row["T"], row["step_s"]))
+    labels, total, total_joint = [], 0.0, 0.0
+    for label, rows in single.items():
+        def fit(key: str, rows=rows) -> Callable[[int], float]:
+            return lambda length: _at(length, [(r["T"], r[key]) for r in rows])
+
+        setup, step, evaluate = fit("setup_s"), fit("step_s"), fit("eval_s")
+        alone = sum(seeds * (setup(t) + train_steps * step(t) + evaluate(t))
+                    for t in paper.lengths)
+        together = None
+        if label in joint:
+            together = sum(seeds * (setup(t) + evaluate(t))
+                           + train_steps * _at(t, joint[label]) for t in paper.lengths)
+            total_joint += together
+        total += alone
+        labels.append({"label": label, "sequential_min": alone / 60,
+                       "ensembles_min": None if together is None else together / 60})
+    complete = len(single) == 4 and all(len(rows) >= 2 for rows in single.values())
+    return {"labels": labels, "sequential_min": total / 60,
+            "ensembles_min": total_joint / 60 if len(joint) == len(single) else None,
+            "runs": seeds * len(paper.lengths) * len(single), "train_steps": train_steps,
+            "lengths": list(paper.lengths), "complete": complete}
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The Markdown report of `Check.write`'s payload."""
+    info = payload["machine"]
+    lines = ["# GPU check", "", f"Machine: {info['cpu']}, {info['cores']} cores, torch "
+             f"{info['torch']}, CUDA device: {info['cuda']}; device used: {payload['device']}"
+             f"{' (quick: tiny model)' if payload['quick'] else ''}.", "",
+             f"Command: `{payload['command']}`; wall time {payload.get('wall_s', 0):.0f} s.", ""]
+    for name in ("steps", "ensembles"):
+        part = payload.get(name)
+        if not part or "rows" not in part:
+            continue
+        bf16 = part["amp"] and payload["device"] == "cuda"
+        lines += [f"## {name}", "", f"Batch {part['batch']} per member, width "
+                  f"{part['width']}, bf16 autocast: {bf16}; step = mean of "
+                  f"{part['repeats']} after {part['warmup']} warm-up steps.", "",
+                  "| label | T | layers | members | setup s | step ms | eval s | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in part["rows"]:
+            lines.append(
+                f"| {r['label']} | {r['T']} | {r['layers']} | {r['members']} | "
+                f"{r['setup_s']:.2f} | {1e3 * r['step_s']:.1f} | "
+                f"{_num(r.get('eval_s'), '.2f')} | {_num(r.get('peak_gib'), '.2f')} |")
+        lines.append("")
+    grid = payload.get("extrapolation")
+    if grid:
+        missing = "" if grid["complete"] else " INCOMPLETE: cells are missing."
+        lines += ["## paper grid, extrapolated", "", f"{grid['runs']} runs x "
+                  f"{grid['train_steps']} steps, lengths {grid['lengths']}; minutes on this "
+                  f"device, one run (or one seed ensemble) at a time.{missing}",
+                  "", "| label | sequential min | seed ensembles min |", "|---|---|---|"]
+        for r in grid["labels"]:
+            lines.append(f"| {r['label']} | {r['sequential_min']:.1f} | "
+                         f"{_num(r['ensembles_min'], '.1f')} |")
+        lines += [f"| **total** | **{grid['sequential_min']:.1f}** | "
+                  f"**{_num(grid['ensembles_min'], '.1f')}** |", "",
+                  f"Target: under {TARGET_MIN:.0f} min.", ""]
+    for name in ("sweep", "tests", "compile", *(n for n in ("steps", "ensembles", "scan")
+                                                 if "error" in payload.get(n, {}))):
+        part = payload.get(name)
+        if part:
+            shown = {k: v for k, v in part.items() if k != "tail"}
+            lines += [f"## {name}", "", "```", json.dumps(shown, indent=1, default=str)[:3000],
+                      "```", ""]
+    if "markdown" in payload.get("scan", {}):
+        lines += [payload["scan"]["markdown"], ""]
+    lines += ["## outcome", "", f"Failures: {payload['failures'] or 'none'}",
+              f"Left out: {payload['left_out'] or 'none'}", ""]
+    return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="writes gpu_check.md/.json")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cuda (default; exits 2 when no GPU is visible) or cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny model: checks the script")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help=f"global time guard in seconds (default {DEFAULT_BUDGET_S:.0f})")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)")
+    args = parser.parse_args(argv)
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    for name in sections:
+        if name not in SECTIONS:
+            from eqtheory.registry import did_you_mean
+
+            parser.error(did_you_mean(name, list(SECTIONS), kind="section"))
+    if not args.budget_s > 0:
+        parser.error(f"--budget-s must be > 0, got {args.budget_s}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda was asked for but torch sees no CUDA device "
+              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); nothing was "
+              "run. Use --device cpu --quick to check the script on CPU.", file=sys.stderr)
+        return 2
+    if args.device == "cpu":
+        pin_threads(1)  # see benchmarks.common.THREADS: spinning threads on a busy machine
+    guard = Guard(args.budget_s)
+    args.out.mkdir(parents=True, exist_ok=True)
+    check = Check(out=args.out, device=args.device, quick=args.quick,
+                  command="python -m benchmarks.gpu_check " + " ".join(
+                      sys.argv[1:] if argv is None else argv))
+    return run_sections(check, guard, sections)
+
+
+def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
+    """Run `sections` in `SECTIONS` order under the guard; write after each; the exit code."""
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "steps": lambda: section_steps(check, guard, members=1),
+        "ensembles": lambda: section_steps(check, guard, members=5),
+        "sweep": lambda: section_sweep(check, guard),
+        "tests": lambda: section_tests(check, guard),
+        "compile": lambda: section_compile(check, guard),
+        "scan": lambda: section_scan(check, guard),
+    }
+    check.write(guard)
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        if guard.left() < NEED_S[name]:
+            check.left_out.append(f"{name} (time guard: {guard.left():.0f} s left)")
+            continue
+        print(f"[gpu_check] {name} ({guard.left():.0f} s left)", flush=True)
+        try:
+            check.results[name] = runners[name]()
+        except Exception as error:  # noqa: BLE001  (a section's failure is reported, not fatal)
+            check.failures.append(f"{name}: {type(error).__name__}: {error}"[:400])
+            check.results[name] = {"error": "".join(traceback.format_exception(error)[-8:])}
+        if name in ("steps", "ensembles") and "rows" in check.results.get("steps", {}):
+            check.results["extrapolation"] = extrapolate(
+                check.results["steps"], check.results.get("ensembles"))
+        check.write(guard)
+    check.write(guard)
+    print(markdown(json.loads((check.out / "gpu_check.json").read_text())), flush=True)
+    return 1 if check.failures else 3 if check.left_out else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

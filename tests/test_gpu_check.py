@@ -1,0 +1,99 @@
+"""`benchmarks.gpu_check`: the one-command GPU check, exercised on CPU before a GPU is lent.
+
+The default suite runs the quick pipeline's measuring sections (steps, ensembles, sweep) and
+the extrapolation; the whole pipeline (CUDA tests, compile, scan as well) is ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+
+LABELS = {"baseline", "eqt", "aux-only", "compute-matched"}
+
+
+def test_cuda_asked_for_but_missing_fails_loudly_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    assert gpu_check.main(["--out", str(out)]) == 2  # --device cuda is the default
+    assert "--device cuda was asked for but torch sees no CUDA device" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--sections", "steps,sweeps"], "did you mean 'sweep'"),
+    (["--budget-s", "0"], "--budget-s must be > 0"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+])
+def test_bad_options_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--out", str(tmp_path), "--device", "cpu", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_time_guard_leaves_sections_out_and_still_writes(tmp_path: Path) -> None:
+    assert gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--quick",
+                           "--budget-s", "5"]) == 3
+    payload = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [item.split(" ")[0] for item in payload["left_out"]] == list(gpu_check.SECTIONS)
+    assert "## outcome" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_interpolation_is_piecewise_linear_and_extends_beyond_the_points() -> None:
+    points = [(8, 1.0), (64, 2.0), (256, 6.0)]
+    assert gpu_check._at(8, points) == 1.0
+    assert gpu_check._at(36, points) == pytest.approx(1.5)
+    assert gpu_check._at(160, points) == pytest.approx(4.0)
+    assert gpu_check._at(512, points) == pytest.approx(6.0 + 4.0 * 256 / 192)
+    assert gpu_check._at(0, [(8, 1.0), (16, 3.0)]) == 0.0  # never below 0
+    assert gpu_check._at(100, [(8, 2.5)]) == 2.5
+
+
+def _check_measured(payload: dict) -> None:
+    steps, ensembles = payload["steps"]["rows"], payload["ensembles"]["rows"]
+    cells = {(r["label"], r["T"]) for r in steps}
+    assert cells == {(label, t) for label in LABELS for t in gpu_check.QUICK_LENGTHS}
+    assert all(r["step_s"] > 0 and r["eval_s"] > 0 and r["members"] == 1 for r in steps)
+    assert {(r["label"], r["T"]) for r in ensembles} == cells
+    assert all(r["members"] == 5 and "eval_s" not in r for r in ensembles)
+    grid = payload["extrapolation"]
+    assert grid["complete"] and grid["runs"] == 180 and grid["train_steps"] == 3200
+    assert grid["sequential_min"] > 0 and grid["ensembles_min"] > 0
+    assert {r["label"] for r in grid["labels"]} == LABELS
+    sweep = payload["sweep"]
+    assert sweep["rc"] == 0 and sorted(r["label"] for r in sweep["runs"]) == ["baseline", "eqt"]
+    assert {r["status"] for r in sweep["runs"]} == {"done"}
+
+
+def test_quick_cpu_pipeline_measures_extrapolates_and_runs_a_sweep(tmp_path: Path) -> None:
+    code = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--quick",
+                           "--sections", "steps,ensembles,sweep", "--budget-s", "400"])
+    payload = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert payload["failures"] == [] and payload["left_out"] == []
+    assert code == 0
+    _check_measured(payload)
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert "## paper grid, extrapolated" in text and "| **total** |" in text
+
+
+@pytest.mark.slow
+def test_whole_quick_cpu_pipeline(tmp_path: Path) -> None:
+    """Every section, as the GPU run will do them (compile with aot_eager, CUDA tests skip)."""
+    code = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--quick",
+                           "--budget-s", "900"])
+    payload = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert payload["failures"] == [] and payload["left_out"] == [] and code == 0
+    _check_measured(payload)
+    assert payload["tests"]["rc"] == 0 and "skipped" in payload["tests"]["summary"]
+    timings = payload["compile"]["timings"]
+    assert timings["eager"]["step_s"] > 0 and timings["compiled"]["step_s"] > 0
+    assert payload["scan"]["report"]["rows"]
