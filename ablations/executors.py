@@ -358,12 +358,16 @@ def run_pool(
     on_finished: Callable[[str, str], None],
     workers: int,
     threads: int = 0,
+    ensemble: str = "1",
+    train_ensemble_fn: EnsembleTrainFn | None = None,
 ) -> None:
     """Run the pending runs among `hashes`, `workers` at a time, each in a process of its own
     on this machine (several runs on one device when one run cannot fill it); this process
-    claims and writes every row.
+    claims and writes every row. With ``ensemble`` other than ``"1"`` a worker trains a seed
+    ensemble (`claim_group`, `attempt_ensemble`) where `run_local` would.
 
-    At most `workers` runs are claimed at a time (the rest stay pending for other runners).
+    At most `workers` runs (or ensembles) are claimed at a time (the rest stay pending for
+    other runners).
     Each attempt runs in a fresh spawned process (not forked: torch's threads do not survive a
     fork; a process per attempt: a worker that dies, killed or out of memory, fails only its
     own run, as a retryable error) with `threads` torch threads (0: torch's default, one per
@@ -376,17 +380,21 @@ def run_pool(
     if type(workers) is not int or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     commit = git_commit()
-    in_flight: dict[Future, tuple[str, ProcessPoolExecutor]] = {}
+    in_flight: dict[Future, tuple[list[str], ProcessPoolExecutor]] = {}
 
     def submit() -> None:
-        while len(in_flight) < workers and (run_hash := store.claim_next(hashes)) is not None:
-            heartbeat.add(run_hash)
+        while len(in_flight) < workers and (group := claim_group(store, hashes, ensemble)):
+            for run_hash in group:
+                heartbeat.add(run_hash)
             worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-            future = worker.submit(
-                attempt, train_fn, store.config(run_hash), run_hash, out / "runs" / run_hash,
-                progress=False, threads=threads,
-            )
-            in_flight[future] = (run_hash, worker)
+            configs = [store.config(run_hash) for run_hash in group]
+            workdirs = [out / "runs" / run_hash for run_hash in group]
+            if len(group) > 1 and train_ensemble_fn is not None:
+                future = worker.submit(attempt_ensemble, train_ensemble_fn, configs, group,
+                                       workdirs, progress=False, threads=threads)
+            else:  # one run, or an injected trainer (tests): the group's runs one by one
+                future = worker.submit(_attempts, train_fn, configs, group, workdirs, threads)
+            in_flight[future] = (group, worker)
 
     with Heartbeat(store.path) as heartbeat:
         try:
@@ -394,24 +402,37 @@ def run_pool(
             while in_flight:
                 ready, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                 for future in ready:
-                    run_hash, worker = in_flight.pop(future)
-                    heartbeat.discard(run_hash)
+                    group, worker = in_flight.pop(future)
                     worker.shutdown(wait=True)
                     try:
-                        outcome = future.result()
+                        outcomes = future.result()
                     except BrokenProcessPool as error:
-                        outcome = Outcome(run_hash, ok=False, error=f"worker process died: {error}")
-                    status = record(store, outcome, max_attempts=1 + retries, commit=commit)
-                    on_finished(run_hash, status)
+                        outcomes = [Outcome(run_hash, ok=False,
+                                            error=f"worker process died: {error}")
+                                    for run_hash in group]
+                    for run_hash, outcome in zip(group, outcomes):
+                        heartbeat.discard(run_hash)
+                        status = record(store, outcome, max_attempts=1 + retries, commit=commit)
+                        on_finished(run_hash, status)
                 submit()  # includes runs re-queued by a failure
         except BaseException:
-            for run_hash, worker in in_flight.values():
-                store.release(run_hash)
+            for group, worker in in_flight.values():
+                for run_hash in group:
+                    store.release(run_hash)
                 # no public way before Python 3.14 (terminate_workers); it would train on, unowned
                 for process in list((getattr(worker, "_processes", None) or {}).values()):
                     process.terminate()
                 worker.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _attempts(
+    train_fn: TrainFn, configs: list[RunConfig], run_hashes: list[str], workdirs: list[Path],
+    threads: int,
+) -> list[Outcome]:
+    """`attempt` of each run in turn (a pool worker's job when runs do not train together)."""
+    return [attempt(train_fn, config, run_hash, workdir, progress=False, threads=threads)
+            for config, run_hash, workdir in zip(configs, run_hashes, workdirs)]
 
 
 def _ray_attempt(

@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads per run, at most 256; 0 = torch's default (one per core). "
              "Small models gain little from more, and a busy machine makes torch's spinning "
              "threads up to 20x slower (default: 1)")
+    add("--ensemble", default="1", metavar="N|auto",
+        help="train runs that differ only in their seed as one seed ensemble of up to N "
+             "members (stacked weights, one model; every member is still its own row, with "
+             "its own data, initialisation, masks, clipping and checkpoint). auto: all the "
+             "seeds of a run, capped so that their estimated peak memory fits in half the "
+             "free memory (GPU: free device memory; CPU: available RAM). Models that cannot "
+             "be stacked (rnn, a memory energy, a learned step size) train one by one. "
+             "Local executor only (default: 1, no ensembles)")
     add("--workers", type=int, default=1,
         help="--executor local: run this many runs at once, each in its own process on this "
              "machine (several runs per device when one run cannot fill it; each with "
@@ -339,6 +347,10 @@ def plan(args: argparse.Namespace) -> Plan:
         check_gpus_per_run(args.gpus_per_run)
     except ValueError as error:
         raise CliError(f"--gpus-per-run: {error}") from None
+    if args.ensemble != "auto" and not (args.ensemble.isdigit() and int(args.ensemble) >= 1):
+        raise CliError(f"--ensemble must be a whole number >= 1 or 'auto', got {args.ensemble!r}")
+    if args.ensemble != "1" and args.executor != "local":
+        raise CliError(f"--ensemble {args.ensemble} needs --executor local")
     if not 0 <= args.threads <= validate.MAX_THREADS:
         raise CliError(f"--threads must be in 0..{validate.MAX_THREADS}, got {args.threads}")
     for name in VARIANT_FLAGS:  # flags not given take the preset's variant, else the default
@@ -661,6 +673,10 @@ def sweep_runs(
             if status != "pending":
                 bar.update(1)
 
+        from ablations import train
+
+        # seed ensembles need the real trainer; an injected one (tests) runs members one by one
+        train_ensemble_fn = train.train_runs if train_fn is train.train_run else None
         try:
             if args.executor == "ray":
                 executors.run_ray(
@@ -672,11 +688,13 @@ def sweep_runs(
                 executors.run_pool(
                     store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
                     on_finished=on_finished, workers=args.workers, threads=args.threads,
+                    ensemble=args.ensemble, train_ensemble_fn=train_ensemble_fn,
                 )
             else:
                 executors.run_local(
                     store, hashes, out=sweep.out, train_fn=train_fn, retries=args.retries,
                     progress=interactive, on_finished=on_finished, threads=args.threads,
+                    ensemble=args.ensemble, train_ensemble_fn=train_ensemble_fn,
                 )
         finally:
             bar.close()

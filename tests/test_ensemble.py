@@ -152,19 +152,26 @@ def test_the_runner_trains_seed_ensembles_with_the_same_rows(tmp_path):
     for item in tiny:
         base += ["--set", item]
     rows = {}
-    for width in ("1", "auto"):
-        out = tmp_path / width
-        assert main([*base, "--out", str(out), "--ensemble", width]) == 0
+    ways = {"single": ["--ensemble", "1"], "auto": ["--ensemble", "auto"],
+            "pool": ["--ensemble", "2", "--workers", "2"]}  # 2 workers, ensembles of 2 and 1
+    for way, flags in ways.items():
+        out = tmp_path / way
+        assert main([*base, "--out", str(out), *flags]) == 0
         with Store(out / "results.sqlite") as store:
-            rows[width] = {row.hash: row for row in store.rows()}
-    assert rows["1"].keys() == rows["auto"].keys() and len(rows["1"]) == 6  # 2 labels x 3 seeds
-    for run_hash, alone in rows["1"].items():
-        joint = rows["auto"][run_hash]
-        assert joint.status == alone.status == "done" and joint.attempts == 1
-        assert joint.timings["ensemble"] == 3 and "ensemble" not in alone.timings
-        assert joint.metrics["train_loss"] == pytest.approx(alone.metrics["train_loss"], rel=1e-4)
-        for rule, record in alone.metrics["evals"].items():
-            assert joint.metrics["evals"][rule]["acc"] == pytest.approx(record["acc"], abs=0.04)
+            rows[way] = {row.hash: row for row in store.rows()}
+    assert len(rows["single"]) == 6  # 2 labels x 3 seeds
+    assert any(row.timings.get("ensemble") == 2 for row in rows["pool"].values())
+    for way, width in (("auto", [3]), ("pool", [1, 2])):
+        assert rows[way].keys() == rows["single"].keys()
+        for run_hash, alone in rows["single"].items():
+            joint = rows[way][run_hash]
+            assert joint.status == alone.status == "done" and joint.attempts == 1
+            assert joint.timings.get("ensemble", 1) in width and "ensemble" not in alone.timings
+            assert joint.metrics["train_loss"] == pytest.approx(
+                alone.metrics["train_loss"], rel=1e-4)
+            for rule, record in alone.metrics["evals"].items():
+                assert joint.metrics["evals"][rule]["acc"] == pytest.approx(
+                    record["acc"], abs=0.04)
 
 
 def test_the_sweep_benchmark_times_every_label_three_ways():
