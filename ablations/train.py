@@ -1,4 +1,5 @@
-r"""Train and evaluate one run: config, data, model, optimizer, one loop, evaluation.
+r"""Train and evaluate one run, or a seed ensemble of runs: config, data, model, optimizer,
+one loop, evaluation.
 
 Loss (the paper's Eq. 18), per batch:
 
@@ -19,8 +20,17 @@ unknowable).
 Everything is seeded from ``config.seed`` (data, initialisation, batch order, masks), so the
 same config gives the same metrics on CPU, and a run resumed from its checkpoint ends exactly
 where an uninterrupted one does. On CUDA: bf16 autocast (``config.amp``), compiled blocks
-(``config.compile``), and no host syncs in the loop except every ``log_every`` steps and at
-checkpoints (the non-finite-loss check runs there; it names the first bad step).
+(``config.compile``). On any device the loop reads nothing back to the host except every
+``log_every`` steps and at checkpoints (the non-finite-loss check runs there; it names the
+first bad step) when the training rule is a step budget: scored positions are weighted, not
+gathered, the rejected-sequence count stays on the device, AdamW is the fused kernel
+(``tests/test_train_syncs.py`` counts the reads).
+
+Runs that differ only in their seed can train as one **seed ensemble** (`train_runs`): their
+models stacked into one (`eqtheory.model.ensemble`), each member fed its own batches and
+masks, its gradient clipped on its own, checkpointed into its own directory in a single run's
+format and evaluated with its own test set, so that each member's metrics are its single run's
+(``tests/test_ensemble.py``: float64, 1e-8).
 """
 
 from __future__ import annotations
