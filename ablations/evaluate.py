@@ -148,7 +148,9 @@ class Pass:
 
 
 def _accumulate(rows: list[list[float]], trace: Tensor) -> None:
-    """Add a ``[K+1, B]`` trace's finite values to per-step ``[sum, count]``."""
+    """Add a ``[K+1, B]`` (per position: ``[K+1, B, T]``) trace's finite values to per-step
+    ``[sum, count]``."""
+    trace = trace.flatten(1)
     finite = torch.isfinite(trace)
     sums = torch.where(finite, trace, 0).sum(dim=1).tolist()
     counts = finite.sum(dim=1).tolist()

@@ -10,7 +10,7 @@ from torch import Tensor
 from eqtheory import backward as backward_modes
 from eqtheory import checks, solvers, stopping
 from eqtheory.backward.base import BackwardMode
-from eqtheory.energies.base import Context, EnergyLike, as_energy
+from eqtheory.energies.base import Context, EnergyLike, Prepared, as_energy
 from eqtheory.loop import DEFAULT_MAX_STEPS, iterate
 from eqtheory.problem import FixedPointProblem, MinimizeProblem, Problem
 from eqtheory.solution import Solution
@@ -41,22 +41,25 @@ def check_budget(max_steps: object, divergence: object) -> None:
     checks.number(divergence, "divergence", owner="the solve", above=0)
 
 
-def _solve(
+def solve(
     problem: Problem,
     z0: Tensor,
     *,
     solver: str | Solver,
     stop: str | StopRule,
-    backward: str | BackwardMode,
-    readout: Callable[[Tensor], Tensor] | None,
-    max_steps: int,
-    divergence: float,
-    record_terms: bool,
-    solver_options: dict[str, Any],
+    backward: str | BackwardMode = "unrolled",
+    readout: Callable[[Tensor], Tensor] | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    divergence: float = 1e6,
+    record_terms: bool = False,
+    solver_options: dict[str, Any] | None = None,
 ) -> Solution:
+    """Solve a `Problem` built by the caller (`minimize` and `fixed_point` build theirs; a
+    causal chain, `eqtheory.chain.ChainProblem`, or a per-position solve,
+    `eqtheory.problem.PerPositionProblem`, come here directly). Arguments as in `minimize`."""
     check_z0(z0)
     check_budget(max_steps, divergence)
-    solver_obj = solvers.resolve(solver, **solver_options)
+    solver_obj = solvers.resolve(solver, **(solver_options or {}))
     rule = stopping.resolve(stop)
     mode = backward_modes.resolve(backward)
 
@@ -96,7 +99,8 @@ def minimize(
             the context; a plain callable is probed once at ``z0``) or grad mode is off, no
             graph is kept across steps and ``z`` is a plain tensor.
         context: conditioning tensors the energy terms read; ``context["z0"]`` defaults to
-            ``z0`` (the anchor term's proposal), keeping its gradient path.
+            ``z0`` (the anchor term's proposal), keeping its gradient path. A `Prepared`
+            context (``energy.prepare(z0, context)``) keeps its invariants.
         readout: ``z -> logits`` for rules that look at predictions (``stable``, ``adaptive``).
         max_steps: a hard cap on iterations when the rule has no budget of its own (a whole
             number ``>= 0``).
@@ -116,8 +120,10 @@ def minimize(
     """
     check_z0(z0)
     energy_obj = as_energy(energy)
-    full_context = {"z0": z0, **(context or {})}
-    return _solve(
+    full_context: Context = {"z0": z0, **(context or {})}
+    if isinstance(context, Prepared):  # keep its invariants
+        full_context = context.with_context(full_context)
+    return solve(
         MinimizeProblem(energy_obj, full_context), z0, solver=solver, stop=stop,
         backward=backward, readout=readout, max_steps=max_steps, divergence=divergence,
         record_terms=record_terms, solver_options=solver_options,
@@ -166,7 +172,7 @@ def fixed_point(
                 f"args must be tensors on z0's device ({z0.device}) with the batch size "
                 f"{z0.shape[0]} as their first dimension; args {bad} are not"
             )
-    return _solve(
+    return solve(
         FixedPointProblem(f, args), z0, solver=solver, stop=stop, backward=backward,
         readout=readout,
         max_steps=max_steps, divergence=divergence, record_terms=False,

@@ -2,7 +2,7 @@ r"""Diagnostics of refinement: how far the latents move, which predictions chang
 the motion, and whether the energy flags wrong tokens.
 
 Pure functions over tensors (no model state is changed); everything per position is derived from
-latents ``[B, T, d]``, never from a `Solution`'s shapes (a per-position solve has ``[B*T]``
+latents ``[B, T, d]``, never from a `Solution`'s shapes (a per-position solve has ``[B, T]``
 statuses, a per-sequence one ``[B]``).
 
 * `relative_displacement`: :math:`\|z^*_t - z_{0,t}\| / \|z_{0,t}\|` per position, ``[B, T]``.

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from eqtheory.energies.base import Energy
-from eqtheory.problem import Guard, MinimizeProblem, Problem, batch_norm
+from eqtheory.problem import Guard, MinimizeProblem, Problem, batch_norm, row_view
 from eqtheory.solution import Solution
 from eqtheory.solvers.base import Solver, State
 from eqtheory.status import Status
@@ -59,13 +59,14 @@ least, so at most ``log2 B`` compactions, each a gather of the state)."""
 
 
 FROZEN = ("z", "G", "energy", "grad_norm")
-"""State entries the loop freezes per sample; the rest of a stopped sample's state is scratch
-(stopped samples never resume, and no result reads it), so it is not copied."""
+"""State entries the loop freezes per sample (``energy`` only for a problem that has one: else
+it is NaN); the rest of a stopped sample's state is scratch (stopped samples never resume, and
+no result reads it), so it is not copied."""
 
 
-def _freeze(accept: Tensor, new: State, old: State) -> State:
-    """``new`` with the `FROZEN` entries of samples not in ``accept`` ``[B]`` taken from ``old``."""
-    return {**new, **_merge(accept, {key: new[key] for key in FROZEN}, old)}
+def _freeze(accept: Tensor, new: State, old: State, frozen: tuple[str, ...]) -> State:
+    """``new`` with the ``frozen`` entries of samples not in ``accept`` ``[B]`` from ``old``."""
+    return {**new, **_merge(accept, {key: new[key] for key in frozen}, old)}
 
 
 def _per_sample(value: object, batch: int) -> bool:
@@ -84,8 +85,7 @@ def _merge(keep_new: Tensor, new: State, old: State) -> State:
             isinstance(previous, Tensor) and previous is not value
             and previous.shape == value.shape
         ):
-            mask = keep_new.view((batch,) + (1,) * (value.dim() - 1))
-            merged[key] = torch.where(mask, value, previous)
+            merged[key] = torch.where(row_view(keep_new, value), value, previous)
         else:
             merged[key] = value
     return merged
@@ -112,6 +112,11 @@ class _Setup:
     host_checks: bool
     """False on the budget path: no step reads a tensor back to the host."""
     trace: _Trace
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """The state entries frozen per sample."""
+        return FROZEN if self.has_energy else tuple(k for k in FROZEN if k != "energy")
 
 
 @dataclass
@@ -169,7 +174,7 @@ def iterate(
     if not problem.create_graph and torch.is_grad_enabled() and any(
         p.requires_grad for p in solver.parameters()
     ):  # a learned solver parameter (gd's learn_step) is differentiated through every step
-        problem.create_graph = True
+        problem = problem.recording(True)
     budget = stop.budget()
     budget_only = budget is not None and not stop.stops_early
     setup = _Setup(
@@ -300,7 +305,7 @@ def _step(
     if setup.host_checks and accept.device.type == "cpu" and bool(accept.all()):
         kept, z_norm = new, new_norm  # nothing to freeze: skip the selects (a free read on CPU)
     else:
-        kept = _freeze(accept, new, state)
+        kept = _freeze(accept, new, state, setup.frozen)
         z_norm = torch.where(accept, new_norm, carry.z_norm)
     info = StepInfo(
         k, kept["z"], carry.start, residual, relative, kept["energy"], state["energy"],
@@ -330,15 +335,12 @@ def _solver_step(
 ) -> tuple[State, Tensor | int, Tensor | None]:
     """The solver's step on the working batch (through a `Guard` when it records a graph):
     the new state, the evaluations spent and the samples the guard flagged (None: none)."""
-    guard = None
-    if setup.graph:  # keep samples with a non-finite evaluation out of the graph (double where)
-        guard = Guard(carry.state["z"].detach(), carry.quarantine, recheck=setup.host_checks)
-    work.guard = guard
-    try:
-        new, spent = setup.solver.step(work, carry.state)
-    finally:
-        work.guard = None
-    return new, spent, None if guard is None else guard.flagged
+    if not setup.graph:
+        return (*setup.solver.step(work, carry.state), None)
+    # keep samples with a non-finite evaluation out of the graph (double where)
+    guard = Guard(carry.state["z"].detach(), carry.quarantine, recheck=setup.host_checks)
+    new, spent = setup.solver.step(work.guarded(guard), carry.state)
+    return new, spent, guard.flagged
 
 
 def _count(
@@ -400,12 +402,9 @@ class _Trace:
         self.rows: dict[str, list[Tensor]] = {}
         self.segments: list[tuple[int, Tensor]] = []  # (first record after it, kept rows)
         self.terms = (
-            problem.energy
-            if record_terms and isinstance(problem, MinimizeProblem)
-            and isinstance(problem.energy, Energy)
-            else None
+            problem if record_terms and isinstance(problem, MinimizeProblem)
+            and isinstance(problem.energy, Energy) else None
         )
-        self.context = getattr(problem, "context", None)
 
     def record(
         self, state: State, residual: Tensor, active: Tensor, extra: dict[str, Tensor]
@@ -416,7 +415,7 @@ class _Trace:
         }
         if self.terms is not None:
             with torch.no_grad():
-                terms = self.terms.per_term(state["z"].detach(), self.context)
+                terms = self.terms.per_term(state["z"].detach())
             values.update({f"term:{name}": value for name, value in terms.items()})
         for name, value in values.items():
             self.rows.setdefault(name, []).append(value.detach())

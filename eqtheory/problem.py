@@ -10,6 +10,7 @@ energies "through the gradient map", and one implicit backward serves both probl
 
 from __future__ import annotations
 
+import copy as _copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ def in_transform() -> bool:
 def batch_norm(x: Tensor) -> Tensor:
     """Per-sample Euclidean norm over every non-batch dimension: ``[B, ...] -> [B]``."""
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
+def row_view(values: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` per-sample values viewed as ``[B, 1, ..., 1]``, to broadcast against
+    ``like: [B, *S]`` (a 0-d or ``[1]`` value broadcasts to every sample)."""
+    return values.view((-1,) + (1,) * (like.dim() - 1))
 
 
 class Guard:
@@ -102,7 +109,7 @@ class Guard:
         """``z`` with the samples ``rows`` (``[B]`` bool; None: none) at their safe iterate."""
         if rows is None:
             return z
-        return torch.where(rows.view((z.shape[0],) + (1,) * (z.dim() - 1)), self.safe, z)
+        return torch.where(row_view(rows, z), self.safe, z)
 
 
 def _union(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -123,19 +130,35 @@ def _finite_rows(z: Tensor, evaluation: Evaluation) -> Tensor:
 
 
 class Problem:
-    """Common interface; `create_graph` is set by the backward mode (True when unrolled)."""
+    """Common interface. `create_graph`: whether evaluations record a graph; a backward mode
+    or the loop asks for a copy that does (`recording`), the problem itself never changes."""
 
     kind: ProblemKind
     default_step_size: float
     create_graph: bool = False
     guard: Guard | None = None
-    """Set by the loop while a step records a graph; `eqtheory.solvers.observe` evaluates
-    through it."""
+    """Set on the copy (`guarded`) that a step recording a graph evaluates;
+    `eqtheory.solvers.observe` evaluates through it."""
     restrictable: bool = False
     """Whether `restrict` can evaluate a subset of samples (the loop then compacts)."""
 
     def evaluate(self, z: Tensor) -> Evaluation:
         raise NotImplementedError
+
+    def recording(self, create_graph: bool) -> Problem:
+        """This problem with `create_graph` set: itself when it already is, else a shallow
+        copy (the same energy or map, context and arguments)."""
+        if self.create_graph == create_graph:
+            return self
+        copy = _copy.copy(self)
+        copy.create_graph = create_graph
+        return copy
+
+    def guarded(self, guard: Guard) -> Problem:
+        """A shallow copy that evaluates through `guard` (`eqtheory.solvers.observe` reads it)."""
+        copy = _copy.copy(self)
+        copy.guard = guard
+        return copy
 
     def has_trainable(self) -> bool:
         """Whether anything the problem reads (parameters, context) may need a gradient;
@@ -154,15 +177,6 @@ class Problem:
     def value(self, z: Tensor) -> Tensor:
         """``[B]`` energy without the gradient (line searches); fixed points have none."""
         raise NotImplementedError(f"a {self.kind} problem has no energy value")
-
-    def no_energy(self, z: Tensor) -> Tensor:
-        """``[B]`` NaN, the energy of a problem that has none; the same tensor for every call
-        with the same batch size, dtype and device (never written to)."""
-        key = (z.shape[0], z.dtype, z.device)
-        cache = self.__dict__.setdefault("_no_energy", {})
-        if key not in cache:
-            cache[key] = torch.full((z.shape[0],), float("nan"), dtype=z.dtype, device=z.device)
-        return cache[key]
 
     def restrict(self, rows: Tensor) -> Problem:
         """The same problem on the samples ``rows`` (int64 ``[W]``) of its batch only."""
@@ -202,8 +216,13 @@ class MinimizeProblem(Problem):
     def value(self, z: Tensor) -> Tensor:
         return check_per_sample(self.energy(z, self.context), z, what="the energy")
 
+    def per_term(self, z: Tensor) -> dict[str, Tensor]:
+        """Each term's ``[B]`` contribution to the value at ``z`` (`Energy.per_term`)."""
+        return self.energy.per_term(z, self.context)
+
     def _total(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``(sum_i E_i(z), E(z) [B])``: the scalar `torch.func.grad_and_value` differentiates."""
+        """``(scalar, [B] values)``: the scalar whose gradient is ``G`` (``sum_i E_i(z)``:
+        samples are independent) and each sample's energy."""
         energy = self.value(z)
         return energy.sum(), energy
 
@@ -218,13 +237,52 @@ class MinimizeProblem(Problem):
                 z_in = z if (self.create_graph and z.requires_grad) else (
                     z.detach().requires_grad_()
                 )
-                energy = self.value(z_in)
-                (grad,) = torch.autograd.grad(
-                    energy.sum(), z_in, create_graph=self.create_graph
-                )
+                total, energy = self._total(z_in)
+                (grad,) = torch.autograd.grad(total, z_in, create_graph=self.create_graph)
         if not self.create_graph:
             return Evaluation(optimality=grad.detach(), energy=energy.detach())
         return Evaluation(optimality=grad, energy=energy)
+
+
+class PerPositionProblem(MinimizeProblem):
+    """Minimise a sequence energy ``E: [B, T, d] -> [B]`` position by position: the ``B * T``
+    latents ``z_{b,t}: [d]`` are the samples (rows ``b * T + t`` of ``z: [B*T, d]``).
+
+    Sample ``(b, t)``'s optimality residual is the per-token gradient
+    ``G_{b,t} = grad_{z_{b,t}} E(z_b)`` and its energy value is its sequence's total ``E(z_b)``
+    (value-based rules such as ``energy<tau`` and Armijo line searches decide on the total).
+    So every solver's per-sample arithmetic, every stopping decision and the NaN/divergence
+    freeze act on one position at a time, and position ``t`` never reads positions ``> t``
+    when ``E``'s gradient at ``z_t`` reads only ``z_t`` and the causal context (no term that
+    ``couples_positions``). `eqtheory.Solution.unflatten` gives results back as ``[B, T]``.
+
+    Args:
+        energy: the sequence energy; context: what it reads (may be `Prepared`).
+        length: ``T``.
+    """
+
+    def __init__(self, energy: Energy, context: Context | None, length: int) -> None:
+        super().__init__(energy, context)
+        self.length = length
+
+    def _sequences(self, z: Tensor) -> Tensor:
+        """``[B*T, d] -> [B]``: each sequence's total energy."""
+        sequences = z.reshape(-1, self.length, z.shape[-1])  # (B, T, d)
+        return check_per_sample(
+            self.energy(sequences, self.context), sequences, what="the energy"
+        )
+
+    def value(self, z: Tensor) -> Tensor:
+        return self._sequences(z).repeat_interleave(self.length)  # (B*T,)
+
+    def per_term(self, z: Tensor) -> dict[str, Tensor]:
+        sequences = z.reshape(-1, self.length, z.shape[-1])
+        return {name: value.repeat_interleave(self.length)
+                for name, value in self.energy.per_term(sequences, self.context).items()}
+
+    def _total(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        totals = self._sequences(z)  # (B,)
+        return totals.sum(), totals.repeat_interleave(self.length)
 
 
 class FixedPointProblem(Problem):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -12,7 +12,8 @@ from eqtheory.status import Status
 
 @dataclass
 class Solution:
-    """What `minimize` and `fixed_point` return.
+    """What `minimize` and `fixed_point` return (per sample ``B``; a per-position solve,
+    `eqtheory.problem.PerPositionProblem`, gives ``[B, T]`` where this says ``[B]``).
 
     Attributes:
         z: ``[B, *S]`` refined latents (the last finite iterate of each sample).
@@ -35,16 +36,26 @@ class Solution:
     batch_fevals: int
     trace: dict[str, Tensor] = field(default_factory=dict)
 
+    def unflatten(self, *shape: int) -> Solution:
+        """This solution with its sample axis ``N = prod(shape)`` viewed as ``shape`` (e.g. a
+        per-position solve's ``B * T`` as ``[B, T]``): ``z [*shape, *S]``, ``status``,
+        ``steps``, ``fevals`` ``[*shape]``, trace ``[K+1, *shape]``."""
+        return replace(
+            self, z=self.z.unflatten(0, shape), status=self.status.unflatten(0, shape),
+            steps=self.steps.unflatten(0, shape), fevals=self.fevals.unflatten(0, shape),
+            trace={name: value.unflatten(1, shape) for name, value in self.trace.items()},
+        )
+
     @property
     def converged(self) -> Tensor:
         """``[B]`` bool: samples that met a tolerance (or halted)."""
         return (self.status == Status.CONVERGED) | (self.status == Status.HALTED)
 
     def messages(self) -> list[str]:
-        """One human-readable message per sample."""
+        """One human-readable message per sample (in row-major order)."""
         return [
             f"{Status(int(s)).name.lower()} after {int(k)} steps: {Status(int(s)).message}"
-            for s, k in zip(self.status.tolist(), self.steps.tolist())
+            for s, k in zip(self.status.flatten().tolist(), self.steps.flatten().tolist())
         ]
 
     def counts(self) -> dict[str, int]:

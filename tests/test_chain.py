@@ -235,7 +235,7 @@ def test_model_routes_chain_energies_per_sequence():
                      heads=2)
     assert composed(tokens).solutions[0].status.shape == (4,)
     per_token = build(energy="bidir", solver="gd", stop="steps=2", width=8, heads=2)
-    assert per_token(tokens).solutions[0].status.shape == (40,)
+    assert per_token(tokens).solutions[0].status.shape == (4, 10)  # per position: [B, T]
 
 
 @pytest.mark.parametrize(

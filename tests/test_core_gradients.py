@@ -187,3 +187,31 @@ def test_fixed_point_adjoint_accuracy_does_not_depend_on_other_samples():
     exact = torch.linalg.solve(eye - W.T, (2 * weights * exact_z).T).T
     relative = (implicit - exact).norm(dim=1) / exact.norm(dim=1)
     assert (relative < 1e-8).all(), relative
+
+
+@pytest.mark.parametrize("mode", ["unrolled", "implicit", "phantom"])
+@pytest.mark.parametrize("kind", ["minimize", "fixed_point"])
+def test_a_backward_mode_wraps_the_solve_and_changes_nothing_it_was_given(mode, kind):
+    """The mode runs the problem, or a copy of it that records a graph; the problem keeps its
+    ``create_graph`` and guard, and the solution the solve returned keeps its ``z``."""
+    from eqtheory.loop import iterate
+    from eqtheory.problem import FixedPointProblem, MinimizeProblem
+
+    energy = ParamEnergy()
+    z0 = torch.zeros(B, DIM, dtype=torch.float64)
+    problem = (MinimizeProblem(energy, {"z0": z0}) if kind == "minimize"
+               else FixedPointProblem(lambda z: 0.5 * torch.tanh(z @ energy.W) + energy.b))
+    solver, rule = eqt.solvers.resolve("picard", step_size=0.1), eqt.stopping.parse("steps=5")
+    inner = []
+
+    def run(p, start):
+        solution = iterate(p, solver, rule, start)
+        inner.append((p, solution, solution.z))
+        return solution
+
+    out = eqt.backward.resolve(mode).solve(problem, z0, run)
+    (ran_on, solution, z_returned), = inner
+    assert problem.create_graph is False and problem.guard is None
+    assert solution.z is z_returned and ran_on.create_graph == (mode == "unrolled")
+    assert out.z.requires_grad and torch.equal(out.z.detach(), z_returned.detach())
+    assert (out is solution) == (mode == "unrolled")

@@ -70,20 +70,23 @@ def test_erm_with_zero_steps_returns_the_proposal_exactly():
     z, solution = erm(z0, {}, stop="steps=0")
     assert torch.equal(solution.z, z0)
     torch.testing.assert_close(z, erm.norm(z0), rtol=0, atol=0)
-    assert solution.steps.tolist() == [0] * 15  # per position: B * T = 15 solves
+    assert solution.steps.tolist() == [[0] * 5] * 3  # per position: [B, T] solves
+    assert solution.status.shape == solution.fevals.shape == (3, 5)
+    assert solution.trace["energy"].shape == (1, 3, 5)
     z_refined, refined = erm(z0, {})  # train mode: stop_train
-    assert refined.steps.tolist() == [2] * 15
+    assert refined.steps.tolist() == [[2] * 5] * 3
     assert not torch.allclose(refined.z, z0)
 
 
 def test_train_and_eval_rules_are_separate():
     model = make(VariantSpec(energy="mask", stop_train="steps=1", stop_eval="steps=3"))
     x = tokens()
-    positions = x.numel()  # the ERM solves each position separately
-    assert model.train()(x).solutions[0].steps.tolist() == [1] * positions
-    assert model.eval()(x, with_energy=False).solutions[0].steps.tolist() == [3] * positions
+    # the ERM solves each position separately: steps [B, T]
+    assert torch.equal(model.train()(x).solutions[0].steps, torch.full(x.shape, 1))
+    evaluated = model.eval()(x, with_energy=False).solutions[0]
+    assert torch.equal(evaluated.steps, torch.full(x.shape, 3))
     overridden = model(x, stop="steps=5", with_energy=False).solutions[0]
-    assert overridden.steps.tolist() == [5] * positions
+    assert torch.equal(overridden.steps, torch.full(x.shape, 5))
 
 
 def test_eqt_at_k0_without_layernorm_is_the_baseline_forward():

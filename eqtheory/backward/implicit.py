@@ -19,12 +19,13 @@ recurrence, `eqtheory.chain.ChainProblem`) is used instead.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from eqtheory.backward.base import BackwardMode, Run
+from eqtheory.backward.base import BackwardMode, Run, solve_without_graph
 from eqtheory.backward.linear import conjugate_gradient, fixed_point_adjoint
 from eqtheory.backward.registry import BACKWARD
 from eqtheory.checks import number, optional_number
@@ -60,18 +61,12 @@ class Implicit(BackwardMode):
         self.max_iter = number(max_iter, "max_iter", owner="implicit", at_least=1, whole=True)
 
     def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
-        problem.create_graph = False
-        with torch.no_grad():
-            solution = run(problem, z0.detach())
-        if not problem.needs_graph(z0):
+        solution, recording = solve_without_graph(problem, z0, run)
+        if recording is None:
             return solution
         z_star = solution.z.detach().requires_grad_()
-        problem.create_graph = True
-        try:
-            with torch.enable_grad():
-                optimality = problem.evaluate(z_star).optimality
-        finally:
-            problem.create_graph = False
+        with torch.enable_grad():
+            optimality = recording.evaluate(z_star).optimality
         if not optimality.requires_grad:
             return solution
         method = self.adjoint
@@ -94,5 +89,4 @@ class Implicit(BackwardMode):
 
         z_out = z_star - (optimality - optimality.detach())
         z_out.register_hook(adjoint_hook)
-        solution.z = z_out
-        return solution
+        return replace(solution, z=z_out)

@@ -7,13 +7,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from eqtheory.problem import row_view
+
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(dim=1)
-
-
-def _bcast(x: Tensor, like: Tensor) -> Tensor:
-    return x.view((-1,) + (1,) * (like.dim() - 1))
 
 
 def conjugate_gradient(
@@ -34,11 +32,11 @@ def conjugate_gradient(
         Ap = apply(p)
         curvature = _dot(p, Ap)
         alpha = torch.where(curvature > 0, rs / torch.where(curvature > 0, curvature, 1), 0)
-        w = w + _bcast(alpha, w) * p
-        r = r - _bcast(alpha, r) * Ap
+        w = w + row_view(alpha, w) * p
+        r = r - row_view(alpha, r) * Ap
         rs_new = _dot(r, r)
         beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, 1), 0)
-        p = r + _bcast(beta, p) * p
+        p = r + row_view(beta, p) * p
         rs = rs_new
     return w
 
@@ -54,7 +52,7 @@ def fixed_point_adjoint(
     from eqtheory.api import fixed_point  # the adjoint is itself a fixed-point problem
 
     norms = torch.linalg.vector_norm(rhs.reshape(rhs.shape[0], -1), dim=1)
-    scale = _bcast(torch.where(norms > 0, norms, 1), rhs)
+    scale = row_view(torch.where(norms > 0, norms, 1), rhs)
     unit = rhs / scale
     solution = fixed_point(
         lambda w: w - (apply(w) - unit), unit, solver="anderson", backward="unrolled",

@@ -8,10 +8,12 @@ backward of Fung et al. 2022). The output keeps the value ``z*`` exactly
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
-from eqtheory.backward.base import BackwardMode, Run
+from eqtheory.backward.base import BackwardMode, Run, solve_without_graph
 from eqtheory.backward.registry import BACKWARD
 from eqtheory.checks import number, optional_number
 from eqtheory.problem import Problem
@@ -37,20 +39,13 @@ class Phantom(BackwardMode):
         self.step_size = optional_number(step_size, "step_size", owner="phantom", above=0)
 
     def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
-        problem.create_graph = False
-        with torch.no_grad():
-            solution = run(problem, z0.detach())
-        if not problem.needs_graph(z0):
+        solution, recording = solve_without_graph(problem, z0, run)
+        if recording is None:
             return solution
         eta = problem.default_step_size if self.step_size is None else self.step_size
         z_star = solution.z.detach()
         z = z_star
-        problem.create_graph = True
-        try:
-            with torch.enable_grad():
-                for _ in range(self.k):
-                    z = z - self.damping * eta * problem.evaluate(z).optimality
-        finally:
-            problem.create_graph = False
-        solution.z = z_star + (z - z.detach())
-        return solution
+        with torch.enable_grad():
+            for _ in range(self.k):
+                z = z - self.damping * eta * recording.evaluate(z).optimality
+        return replace(solution, z=z_star + (z - z.detach()))

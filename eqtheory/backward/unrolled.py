@@ -23,5 +23,4 @@ class Unrolled(BackwardMode):
     name = "unrolled"
 
     def solve(self, problem: Problem, z0: Tensor, run: Run) -> Solution:
-        problem.create_graph = problem.needs_graph(z0)
-        return run(problem, z0)
+        return run(problem.recording(problem.needs_graph(z0)), z0)

@@ -24,7 +24,6 @@ from torch import Tensor
 
 from eqtheory.chain.cells import ChainCell
 from eqtheory.chain.scan import Method, reverse_linear_recurrence
-from eqtheory.loop import DEFAULT_MAX_STEPS
 from eqtheory.problem import Evaluation, Problem
 from eqtheory.solution import Solution
 
@@ -140,7 +139,7 @@ def solve_chain(
         True
     """
     from eqtheory import solvers
-    from eqtheory.api import _solve, fixed_point
+    from eqtheory.api import fixed_point, solve
 
     start = h if z0 is None else z0
     problem = ChainProblem(cell, h, s0)
@@ -150,7 +149,4 @@ def solve_chain(
             problem.map_rows, start, args=(h,), solver=solver_obj, stop=stop,
             backward=backward, readout=readout,
         )
-    return _solve(
-        problem, start, solver=solver_obj, stop=stop, backward=backward, readout=readout,
-        max_steps=DEFAULT_MAX_STEPS, divergence=1e6, record_terms=False, solver_options={},
-    )
+    return solve(problem, start, solver=solver_obj, stop=stop, backward=backward, readout=readout)

@@ -10,14 +10,15 @@ Composition returns an energy again: ``a + 0.1 * b`` is a `SumEnergy` whose valu
 
 A solve evaluates one energy at many ``z`` under one context. `Energy.prepare` computes once
 what a term reads that does not depend on ``z``'s values (its `invariants`: targets gathered
-from the tokens, position weights, normalised buffers) and returns the context with them added;
-`energy` reads them back when present (`prepared`) and computes them otherwise, so values and
-gradients are the same either way.
+from the tokens, position weights, normalised buffers) and returns them explicitly, as a
+`Prepared` context that evaluation takes in place of the context; a term reads its own back
+(`prepared`) and computes them when given a plain context, so values and gradients are the
+same either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Union
 
 from torch import Tensor, nn
@@ -36,14 +37,46 @@ def require(context: Context | None, key: str, *, term: str) -> Tensor:
     return context[key]
 
 
-def per_sample_mean(values: Tensor) -> Tensor:
-    """Mean over every dimension but the leading batch one: ``[B, ...] -> [B]``."""
-    return values.reshape(values.shape[0], -1).mean(dim=1)
-
-
 def per_sample_sum(values: Tensor) -> Tensor:
     """Sum over every dimension but the leading batch one: ``[B, ...] -> [B]``."""
     return values.reshape(values.shape[0], -1).sum(dim=1)
+
+
+class Prepared(Mapping[str, Tensor]):
+    """A context with an energy's `invariants`: what `Energy.prepare` returns.
+
+    It reads like the context it was made from (``prepared["tokens"]``); `own` holds the
+    invariants of the energy it was prepared for (an energy of class `kind`) and `parts` the
+    `Prepared` of a `SumEnergy`'s terms, in their order, so a term finds its invariants by its
+    place in the energy, never by a key. Valid while what the invariants read stays unchanged
+    (one solve).
+    """
+
+    def __init__(
+        self,
+        context: Context | None,
+        own: dict[str, Tensor],
+        *,
+        kind: type[Energy],
+        parts: tuple[Prepared, ...] = (),
+    ) -> None:
+        self.context: Context = dict(context.context if isinstance(context, Prepared)
+                                     else context or {})
+        self.own, self.kind, self.parts = own, kind, parts
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.context[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.context)
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    def with_context(self, context: Context) -> Prepared:
+        """The same invariants over another context (e.g. with a default added)."""
+        parts = tuple(part.with_context(context) for part in self.parts)
+        return Prepared(context, self.own, kind=self.kind, parts=parts)
 
 
 class Energy(nn.Module):
@@ -71,22 +104,17 @@ class Energy(nn.Module):
         del z, context
         return {}
 
-    def prepare(self, z: Tensor, context: Context | None) -> Context | None:
-        """``context`` plus this term's `invariants`, under keys of this instance; valid while
-        what they read stays unchanged (one solve)."""
-        values = self.invariants(z, context)
-        if not values:
-            return context
-        return {**(context or {}), **{self._key(n): v for n, v in values.items()}}
+    def prepare(self, z: Tensor, context: Context | None) -> Prepared:
+        """This energy's `invariants` at ``z``'s shape, dtype and device, with ``context``: a
+        `Prepared` to evaluate with in place of ``context`` while they stay valid (one solve)."""
+        return Prepared(context, self.invariants(z, context), kind=type(self))
 
     def prepared(self, z: Tensor, context: Context | None) -> dict[str, Tensor]:
-        """The `invariants`: read back from a `prepare`-d context, else computed now."""
-        prefix = self._key("")
-        found = {k[len(prefix):]: v for k, v in (context or {}).items() if k.startswith(prefix)}
-        return found or self.invariants(z, context)
-
-    def _key(self, name: str) -> str:
-        return f"{self.name}@{id(self):x}.{name}"
+        """The `invariants`: this energy's own from a `Prepared` made for its class, else
+        computed now."""
+        if isinstance(context, Prepared) and context.kind is type(self) and context.own:
+            return context.own
+        return self.invariants(z, context)
 
     def per_term(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         """Each weighted term's contribution ``{label: [B]}``; they sum to ``self(z, context)``."""
@@ -134,18 +162,27 @@ class SumEnergy(Energy):
         return tuple(sorted({k for t in self.terms for k in t.requires}))
 
     def energy(self, z: Tensor, context: Context | None) -> Tensor:
-        # left to right as before, without the multiplies by 1 and the leading 0 + (exact)
-        values = [t(z, context) if w == 1.0 else w * t(z, context)
-                  for w, t in zip(self.weights, self.terms)]
+        # left to right, weights of 1 not multiplied, no leading 0 + (exact)
+        values = [t(z, c) if w == 1.0 else w * t(z, c)
+                  for w, t, c in zip(self.weights, self.terms, self._contexts(context))]
         return sum(values[1:], values[0])
 
-    def prepare(self, z: Tensor, context: Context | None) -> Context | None:
-        for term in self.terms:
-            context = term.prepare(z, context)
-        return context
+    def prepare(self, z: Tensor, context: Context | None) -> Prepared:
+        """No invariants of its own; each term's, in order, in `Prepared.parts`."""
+        parts = tuple(term.prepare(z, context) for term in self.terms)
+        return Prepared(context, {}, kind=type(self), parts=parts)
+
+    def _contexts(self, context: Context | None) -> list[Context | None]:
+        """The context each term evaluates with: its part of a `Prepared` made for this sum's
+        structure, else ``context`` itself."""
+        if (isinstance(context, Prepared) and context.kind is type(self)
+                and len(context.parts) == len(self.terms)):
+            return list(context.parts)
+        return [context] * len(self.terms)
 
     def per_term(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
-        return {label: w * t(z, context) for label, w, t in self._labelled()}
+        return {label: w * t(z, c)
+                for (label, w, t), c in zip(self._labelled(), self._contexts(context))}
 
     def _labelled(self) -> list[tuple[str, float, Energy]]:
         out, seen = [], {}
@@ -207,10 +244,10 @@ __all__ = [
     "Energy",
     "EnergyLike",
     "FunctionEnergy",
+    "Prepared",
     "SumEnergy",
     "as_energy",
     "check_per_sample",
-    "per_sample_mean",
     "per_sample_sum",
     "require",
 ]

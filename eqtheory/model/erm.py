@@ -21,14 +21,13 @@ math is per token), and per sequence for energies with a term that couples posit
   ``grad E = z - F(z)`` (the causal field); the solver's step size is its damping;
 * **per sequence, minimise**: any other energy with a coupling term is minimised over whole
   sequences ``z: [B, T, d]``;
-* **per position**: otherwise; the solve runs on the ``B * T``
-latents ``z_t: [d]`` as separate samples, so every solver's per-sample arithmetic (Anderson's
-mixing weights, Broyden's inverse Jacobian, TTT's fast weights), every stopping decision and the
-NaN/divergence freeze act on one position at a time, and position ``t`` never reads positions
-``> t`` (the energies' gradients at ``z_t`` read only ``z_t`` and the causal context). The
-energy *value* a position sees is its sequence's total ``Phi`` (value-based rules such as
-``energy<tau`` and Armijo line searches therefore decide on the sequence's total); its gradient
-is the per-token gradient ``grad_{z_t} Phi``.
+* **per position**: otherwise; the ``B * T`` latents ``z_t: [d]`` are solved as separate
+  samples (`eqtheory.problem.PerPositionProblem`, which states the semantics): every solver's
+  per-sample arithmetic (Anderson's mixing weights, Broyden's inverse Jacobian, TTT's fast
+  weights), every stopping decision and the NaN/divergence freeze act on one position at a
+  time, and position ``t`` never reads positions ``> t``; a position's energy value is its
+  sequence's total ``Phi``, its gradient the per-token ``grad_{z_t} Phi``. Results come back
+  as ``[B, T]``.
 """
 
 from __future__ import annotations
@@ -39,12 +38,13 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from eqtheory import stopping
-from eqtheory.api import minimize
+from eqtheory.api import minimize, solve
 from eqtheory.backward.base import BackwardMode
 from eqtheory.chain.problem import solve_chain
 from eqtheory.energies.anchor import Anchor
 from eqtheory.energies.base import Context, Energy, SumEnergy
 from eqtheory.energies.chain import Chain
+from eqtheory.problem import PerPositionProblem
 from eqtheory.solution import Solution
 from eqtheory.solvers.base import Solver
 from eqtheory.stopping.base import StopRule
@@ -156,8 +156,8 @@ class ERM(nn.Module):
         Returns:
             ``z [B, T, d]`` (refined, then LayerNorm if enabled) and the `Solution`
             (``solution.z [B, T, d]`` is the refined state before the LayerNorm; its
-            ``status``, ``steps``, ``fevals`` are per position, ``[B*T]``, and its trace
-            ``[K+1, B*T]``, or per sequence, ``[B]`` and ``[K+1, B]``, see `per_sequence`).
+            ``status``, ``steps``, ``fevals`` are per position, ``[B, T]``, and its trace
+            ``[K+1, B, T]``, or per sequence, ``[B]`` and ``[K+1, B]``, see `per_sequence`).
         """
         if stop is None:
             rule = self.stop_train if self.training else self.stop_eval
@@ -169,30 +169,30 @@ class ERM(nn.Module):
                 chain.cell, z0, chain.s0.to(z0.dtype), solver=self.solver, stop=rule,
                 backward=self.backward, readout=readout,
             )
-            return (solution.z if self.norm is None else self.norm(solution.z)), solution
+        else:
+            solution = self._minimize(z0, context, rule, readout)
+        return (solution.z if self.norm is None else self.norm(solution.z)), solution
+
+    def _minimize(
+        self,
+        z0: Tensor,
+        context: Context,
+        rule: StopRule,
+        readout: Callable[[Tensor], Tensor] | None,
+    ) -> Solution:
+        """Minimise ``Phi`` from ``z0 [B, T, d]``, per sequence or per position
+        (`eqtheory.problem.PerPositionProblem`, results ``[B, T]``)."""
         # what the energy reads that does not change with z: computed once, not once per step
-        full_context = self.objective.prepare(z0, {**context, "z0": z0})
+        prepared = self.objective.prepare(z0, {**context, "z0": z0})
         if self.per_sequence:
-            solution = minimize(
-                self.objective, z0, context=full_context, solver=self.solver, stop=rule,
+            return minimize(
+                self.objective, z0, context=prepared, solver=self.solver, stop=rule,
                 backward=self.backward, readout=readout,
             )
-            return (solution.z if self.norm is None else self.norm(solution.z)), solution
         batch, length, width = z0.shape
-
-        def per_position_energy(z_flat: Tensor) -> Tensor:
-            """``[B*T, d] -> [B*T]``: value = the sequence's total, gradient = per token."""
-            total = self.objective(z_flat.reshape(batch, length, width), full_context)  # (B,)
-            share = total / length  # repeated over the T positions it sums to the total
-            return (share + (total - share).detach()).repeat_interleave(length)  # (B*T,)
-
-        def per_position_readout(z_flat: Tensor) -> Tensor:
-            return (readout or (lambda z: z))(z_flat)  # readouts act on the last dim
-
-        solution = minimize(
-            per_position_energy, z0.reshape(batch * length, width), solver=self.solver,
-            stop=rule, backward=self.backward, readout=per_position_readout,
+        solution = solve(
+            PerPositionProblem(self.objective, prepared, length),
+            z0.reshape(batch * length, width), solver=self.solver, stop=rule,
+            backward=self.backward, readout=readout,
         )
-        solution.z = solution.z.reshape(batch, length, width)
-        z = solution.z if self.norm is None else self.norm(solution.z)
-        return z, solution
+        return solution.unflatten(batch, length)

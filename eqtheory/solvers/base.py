@@ -29,8 +29,8 @@ def observe(problem: Problem, z: Tensor) -> State:
     guard = getattr(problem, "guard", None)
     evaluation = problem.evaluate(z) if guard is None else guard.evaluate(problem, z)
     energy = evaluation.energy
-    if energy is None:  # one NaN vector per shape, reused: the loop skips freezing it
-        energy = problem.no_energy(z)
+    if energy is None:  # a problem without an energy (the loop does not freeze it)
+        energy = z.new_full((z.shape[0],), float("nan"))
     return {
         "z": z,
         "G": evaluation.optimality,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from eqtheory.checks import flag, number
-from eqtheory.problem import Problem
+from eqtheory.problem import Problem, row_view
 from eqtheory.solvers.base import Solver, State, observe
 from eqtheory.solvers.registry import SOLVERS
 
@@ -108,7 +108,7 @@ class Diffusion(Solver):
             k, schedule=self.schedule, sigma_max=self.sigma_max, sigma_min=self.sigma_min,
             anneal_steps=self.anneal_steps,
         ).to(z.dtype)
-        noise = _normal(z, state["generator"]) * sigma.view((-1,) + (1,) * (z.dim() - 1))
+        noise = _normal(z, state["generator"]) * row_view(sigma, z)
         z_new = z - self.step_size * grad + math.sqrt(2 * self.step_size) * noise
         new = observe(problem, z_new)
         new["k"], new["generator"], new["noised"] = k + 1, state["generator"], True

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from eqtheory.checks import choice, flag, number
-from eqtheory.problem import Problem
+from eqtheory.problem import Problem, row_view
 from eqtheory.solvers.base import Solver, State, bdot, flat, observe
 from eqtheory.solvers.registry import SOLVERS
 
@@ -118,7 +118,6 @@ class GradientDescent(Solver):
         moves once energy differences fall below float resolution near the optimum."""
         z, grad, energy = state["z"], state["G"], state["energy"]
         batch = z.shape[0]
-        view = (batch,) + (1,) * (z.dim() - 1)
         alpha = self.step_size.to(z.dtype)
         t = state["t"] if "t" in state else alpha.expand(batch).clone()
         grad_sq = bdot(flat(grad), flat(grad))
@@ -126,7 +125,7 @@ class GradientDescent(Solver):
         accepted = torch.zeros(batch, dtype=torch.bool, device=z.device)
         trials = torch.zeros(batch, dtype=torch.int64, device=z.device)
         for _ in range(self.max_backtracks):
-            candidate = z - t.view(view) * grad
+            candidate = z - row_view(t, z) * grad
             decrease = self.armijo_c * t * grad_sq
             sufficient = problem.value(candidate) <= energy - decrease + allowance
             trials = trials + (~accepted).long()
@@ -134,6 +133,6 @@ class GradientDescent(Solver):
             if bool(accepted.all()):
                 break
             t = torch.where(accepted, t, t * self.shrink)
-        new = observe(problem, z - t.view(view) * grad)
+        new = observe(problem, z - row_view(t, z) * grad)
         new["t"] = t
         return new, trials + 1

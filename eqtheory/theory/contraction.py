@@ -19,15 +19,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from eqtheory.problem import batch_norm, row_view
+
 Apply = Callable[[Tensor], Tensor]
 
 
-def _norm(v: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
-
-
 def _unit(v: Tensor) -> Tensor:
-    return v / _norm(v).clamp_min(torch.finfo(v.dtype).tiny).view((-1,) + (1,) * (v.dim() - 1))
+    return v / row_view(batch_norm(v).clamp_min(torch.finfo(v.dtype).tiny), v)
 
 
 def _start(z: Tensor, seed: int) -> Tensor:
@@ -84,7 +82,7 @@ def spectral_radius(f: Apply, z: Tensor, *, iters: int = 200, seed: int = 0) -> 
     logs = []
     for _ in range(iters):
         jv = torch.func.jvp(f, (point,), (v,))[1]
-        growth = _norm(jv)
+        growth = batch_norm(jv)
         logs.append(torch.log(growth))
         v = _unit(jv)
     tail = torch.stack(logs[iters // 2 :])
