@@ -90,6 +90,7 @@ def compile_energy(energy: Energy, *, backend: str = "inductor") -> Energy:
         """``(z, keys, *context values, *params) -> [B]``; backward: the compiled pull-back."""
 
         @staticmethod
+        @torch.amp.custom_fwd(device_type="cuda")  # the backward runs under the same autocast
         def forward(ctx: Any, z: Tensor, keys: tuple[str, ...], *tensors: Tensor) -> Tensor:
             ctx.save_for_backward(z, *tensors)
             ctx.keys = keys
@@ -98,6 +99,7 @@ def compile_energy(energy: Energy, *, backend: str = "inductor") -> Energy:
                 return compiled_value(z, context, params)
 
         @staticmethod
+        @torch.amp.custom_bwd(device_type="cuda")
         def backward(ctx: Any, weights: Tensor) -> tuple[Tensor | None, ...]:
             # grad mode is on here exactly when the caller asked for create_graph=True
             z, *tensors = ctx.saved_tensors

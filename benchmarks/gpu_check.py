@@ -10,13 +10,15 @@ it ends, so a kill leaves what was measured):
    ``WARMUP``, synchronised) and one evaluation (`ablations.evaluate.evaluate_all` on the
    paper's 4,096 test sequences under every rule of the run), with peak memory.
 2. ``ensembles``: the same training step for a seed ensemble of the preset's 5 seeds
-   (`eqtheory.model.ensemble.stack`), per label and T.
+   (`eqtheory.model.ensemble.stack`) as wide as ``--ensemble auto`` makes it (fewer members
+   where they would not fit), per label and T.
 3. ``sweep``: a 2-run sweep end to end (``python -m ablations.run --preset smoke --lengths 8``:
    baseline + EqT, bf16 on CUDA), checked in its database.
 4. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
 5. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
    compile time included, in a subprocess that the time guard can stop.
-6. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T).
+6. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
+   subprocess that the time guard can stop.
 
 Then ``extrapolation``: the paper grid (9 lengths x 4 labels x 5 seeds, 3,200 steps) from the
 measured steps, linear in T between (and beyond) the measured lengths: per run
@@ -184,26 +186,45 @@ def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool =
     return result
 
 
-def section_steps(check: Check, guard: Guard, *, members: int) -> dict[str, Any]:
-    """`time_run` of every planned (label, T); stops early (marked) near the deadline."""
-    device = torch.device(check.device)
+def section_steps(check: Check, guard: Guard, *, ensembles: bool) -> dict[str, Any]:
+    """`time_run` of every planned (label, T); stops early (marked) near the deadline.
+
+    ``ensembles``: the step of a seed ensemble as wide as ``--ensemble auto`` makes it for the
+    paper's seeds (`ablations.executors.ensemble_width`: half the free memory), halved on an
+    out-of-memory error down to 2 members."""
+    from ablations import presets
+    from ablations.executors import ensemble_width
+
+    device, name = torch.device(check.device), "ensembles" if ensembles else "steps"
     lengths = QUICK_LENGTHS if check.quick else LENGTHS
+    seeds = len(presets.get("paper").seeds)
     rows, cut = [], []
     for label, config in plan_configs(check.device, check.quick, lengths, check.out):
-        if guard.left() < NEED_S["steps"] / 2:
+        if guard.left() < NEED_S[name] / 2:
             cut.append(f"{label} T={config.length}")
             continue
-        try:
-            timed = time_run(config, device, members=members, evaluate=members == 1)
-        except Exception as error:  # noqa: BLE001  (one cell's failure is reported, not fatal)
-            check.failures.append(f"{'ensembles' if members > 1 else 'steps'}: {label} "
-                                  f"T={config.length}: {type(error).__name__}: {error}"[:400])
-            continue
-        rows.append({"label": label, "T": config.length, "layers": config.layers,
-                     "members": members, **timed})
+        members = ensemble_width("auto", config, seeds) if ensembles else 1
+        while True:
+            try:
+                timed = time_run(config, device, members=members, evaluate=not ensembles)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if members > 2:
+                    members //= 2
+                    continue
+                check.failures.append(f"{name}: {label} T={config.length}: out of memory "
+                                      f"with {members} member(s)")
+            except Exception as error:  # noqa: BLE001  (one cell's failure is reported)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                check.failures.append(f"{name}: {label} T={config.length}: "
+                                      f"{type(error).__name__}: {error}"[:400])
+            else:
+                rows.append({"label": label, "T": config.length, "layers": config.layers,
+                             "members": members, **timed})
+            break
     if cut:
-        check.left_out.append(f"{'ensembles' if members > 1 else 'steps'} (time guard): "
-                              + ", ".join(cut))
+        check.left_out.append(f"{name} (time guard): " + ", ".join(cut))
     return {"rows": rows, "batch": config.batch_size, "width": config.width,
             "amp": config.amp, "warmup": WARMUP, "repeats": REPEATS}
 
@@ -292,12 +313,25 @@ def section_compile(check: Check, guard: Guard) -> dict[str, Any]:
     return result
 
 
-def section_scan(check: Check, guard: Guard) -> dict[str, Any]:
-    from benchmarks import scan
+SCAN_PROBE = """
+import json, sys
+from benchmarks import scan
+report = scan.run(quick=sys.argv[1] == "1", device=sys.argv[2])
+with open(sys.argv[3], "w") as handle:
+    json.dump({"markdown": report.markdown(), "report": report.as_dict()}, handle, default=str)
+"""
 
-    del guard
-    report = scan.run(quick=check.quick, device=check.device)
-    return {"markdown": report.markdown(), "report": report.as_dict()}
+
+def section_scan(check: Check, guard: Guard) -> dict[str, Any]:
+    """`benchmarks.scan` on the device, in a subprocess that the time guard can stop."""
+    path = check.out / "scan.json"
+    result = _subprocess([sys.executable, "-c", SCAN_PROBE, "1" if check.quick else "0",
+                          check.device, str(path)], guard, cap_s=240)
+    if result["rc"] == 0 and path.exists():
+        result.update(json.loads(path.read_text()))
+    else:
+        check.failures.append(f"scan: rc {result['rc']}, timed out {result['timed_out']}")
+    return result
 
 
 def _at(length: int, points: list[tuple[int, float]]) -> float:
@@ -315,7 +349,12 @@ def _at(length: int, points: list[tuple[int, float]]) -> float:
 
 def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict[str, Any]:
     """The paper grid's wall time on this device from the measured cells (see the module
-    docstring); minutes, per label and in total, sequential and with seed ensembles."""
+    docstring); minutes, per label and in total, sequential and with seed ensembles.
+
+    A run costs ``setup + train_steps x step + eval`` (checkpoints and process start are not
+    counted). With ensembles, a seed's training costs its share of the measured ensemble step
+    (``step / members``, at the width ``--ensemble auto`` takes), so 5 seeds at width 2 count
+    as 2.5 ensemble steps where three groups (2, 2, 1) take 2 + one single step."""
     from ablations import presets
 
     paper = presets.get("paper")
@@ -323,9 +362,9 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict
     single = {r["label"]: [] for r in steps["rows"]}
     for row in steps["rows"]:
         single[row["label"]].append(row)
-    joint = {}
+    joint = {}  # per label: (T, seconds per member per step) of the measured ensembles
     for row in (ensembles or {}).get("rows", []):
-        joint.setdefault(row["label"], []).append((row["T"], row["step_s"]))
+        joint.setdefault(row["label"], []).append((row["T"], row["step_s"] / row["members"]))
     labels, total, total_joint = [], 0.0, 0.0
     for label, rows in single.items():
         def fit(key: str, rows=rows) -> Callable[[int], float]:
@@ -336,8 +375,8 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict
                     for t in paper.lengths)
         together = None
         if label in joint:
-            together = sum(seeds * (setup(t) + evaluate(t))
-                           + train_steps * _at(t, joint[label]) for t in paper.lengths)
+            together = sum(seeds * (setup(t) + evaluate(t) + train_steps * _at(t, joint[label]))
+                           for t in paper.lengths)
             total_joint += together
         total += alone
         labels.append({"label": label, "sequential_min": alone / 60,
@@ -441,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
     """Run `sections` in `SECTIONS` order under the guard; write after each; the exit code."""
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "steps": lambda: section_steps(check, guard, members=1),
-        "ensembles": lambda: section_steps(check, guard, members=5),
+        "steps": lambda: section_steps(check, guard, ensembles=False),
+        "ensembles": lambda: section_steps(check, guard, ensembles=True),
         "sweep": lambda: section_sweep(check, guard),
         "tests": lambda: section_tests(check, guard),
         "compile": lambda: section_compile(check, guard),

@@ -64,7 +64,8 @@ def _check_measured(payload: dict) -> None:
     assert cells == {(label, t) for label in LABELS for t in gpu_check.QUICK_LENGTHS}
     assert all(r["step_s"] > 0 and r["eval_s"] > 0 and r["members"] == 1 for r in steps)
     assert {(r["label"], r["T"]) for r in ensembles} == cells
-    assert all(r["members"] == 5 and "eval_s" not in r for r in ensembles)
+    assert all(1 <= r["members"] <= 5 and "eval_s" not in r for r in ensembles)
+    assert any(r["members"] > 1 for r in ensembles)  # tiny models: every seed fits
     grid = payload["extrapolation"]
     assert grid["complete"] and grid["runs"] == 180 and grid["train_steps"] == 3200
     assert grid["sequential_min"] > 0 and grid["ensembles_min"] > 0
