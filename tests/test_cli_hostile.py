@@ -171,6 +171,12 @@ def test_model_layer_checks() -> None:
 
 AFILE = Path(tempfile.mkdtemp(prefix="eqt-hostile-")) / "a-file"
 AFILE.write_text("a file\n")
+PLUGIN = AFILE.parent / "noop_plugin.py"  # a plugin that registers nothing
+PLUGIN.write_text('"""A plugin module with no components."""\n')
+RAISES = AFILE.parent / "raises_plugin.py"
+RAISES.write_text("raise RuntimeError('broken plugin')\n")
+BROKEN = AFILE.parent / "syntax_plugin.py"
+BROKEN.write_text("def (:\n")
 # one valid value per flag (the grammar's atoms), and values that are wrong for that flag
 GRAMMAR: dict[str, tuple[str, list[str]]] = {
     "--preset": ("smoke", ["smok", "SMOKE", "paper2"]),
@@ -207,6 +213,8 @@ GRAMMAR: dict[str, tuple[str, list[str]]] = {
     "--lease": ("600", ["-5", "nan", "0", "x", "1"]),
     "--out": ("", ["", str(AFILE), str(AFILE / "out"), "o\x00ut"]),
     "--eval-lengths": ("16", ["0", "-1", "x", "1.5", "100000"]),
+    "--plugin": (str(PLUGIN), [str(AFILE), str(AFILE.parent), str(RAISES), str(BROKEN),
+                               str(AFILE.parent / "missing.py"), "o\x00ut.py"]),
 }
 FLAGS = {option for action in build_parser()._actions for option in action.option_strings
          if action.nargs != 0 and option != "--ray-address"}
