@@ -104,3 +104,30 @@ def test_implicit_and_phantom_isolate_the_nan_sample_too(backward):
     (torch.sin(solution.z[[0, 2]])).sum().backward()
     assert int(solution.status[1]) == eqt.Status.NONFINITE
     assert torch.isfinite(W.grad).all() and torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize(("name", "kind"), [("gd", "minimize"), ("picard", "fixed_point")])
+def test_the_budget_path_flags_and_freezes_the_nan_sample_like_the_checked_loop(name, kind):
+    """``steps=K`` reads nothing back to the host, so the graph guard cannot evaluate a sample
+    again at the step where it turns non-finite (`eqtheory.problem.Guard`, ``recheck=False``):
+    the forward result (statuses, steps, every iterate) is that of the checked loop; that
+    step's evaluation stays in the graph, so the parameters' gradients may not be finite
+    (docs/reliability.md)."""
+    targets = torch.cat([GOOD[:1], BAD, GOOD[1:]])
+    W, b = _parameters()
+    budget = _solve_with(name, kind, targets, W, b, stop="steps=40")
+    checked = _solve_with(name, kind, targets, W, b, stop="grad<1e-300|steps=40")
+    for field in ("z", "status", "steps", "fevals"):
+        assert torch.equal(getattr(budget, field), getattr(checked, field)), field
+    assert int(budget.status[1]) == eqt.Status.NONFINITE and int(budget.steps[1]) >= 1
+
+
+def _solve_with(name, kind, targets, W, b, *, stop):
+    z0 = torch.full((targets.shape[0], DIM), 0.1, dtype=F64)
+    if kind == "minimize":
+        return eqt.minimize(BarrierEnergy(W, b), z0, context={"target": targets},
+                            solver=_solver(name), stop=stop)
+    return eqt.fixed_point(
+        lambda z, t: 0.6 * z + 0.3 * torch.tanh(z @ W.T + b) + t - 0.05 * torch.sqrt(3 - z[:, :1]),
+        z0, args=(targets,), solver=_solver(name), stop=stop,
+    )
