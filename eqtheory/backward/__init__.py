@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from eqtheory.backward import implicit, phantom, unrolled  # noqa: F401
 from eqtheory.backward.base import BackwardMode
 from eqtheory.backward.implicit import Implicit
 from eqtheory.backward.linear import conjugate_gradient, fixed_point_adjoint
 from eqtheory.backward.phantom import Phantom
 from eqtheory.backward.registry import BACKWARD
 from eqtheory.backward.unrolled import Unrolled
+from eqtheory.registry import import_modules
+
+import_modules(__name__, __path__)  # every mode's file registers itself on import
 
 REGISTRY = BACKWARD
-
-
-def get(name: str) -> type[BackwardMode]:
-    return BACKWARD.get(name)
-
-
-def names() -> list[str]:
-    return BACKWARD.names()
+get = BACKWARD.get  # the mode class registered as a name (did-you-mean error if unknown)
+names = BACKWARD.names
 
 
 def resolve(backward: str | BackwardMode) -> BackwardMode:
