@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from eqtheory.docs_table import FAMILIES, render
@@ -32,3 +34,19 @@ def test_the_compaction_example_in_solvers_md_runs_and_converges():
     exec(compile(block, "solvers.md", "exec"), scope)
     assert scope["sol"].counts() == {"converged": 256}
     assert len(set(scope["sol"].steps.tolist())) > 10  # spread-out difficulty, as it says
+
+
+def test_the_table_lists_a_plugin_s_components(tmp_path):
+    plugin = tmp_path / "my_rule.py"
+    plugin.write_text(
+        '"""A plugin rule."""\n'
+        "from eqtheory.stopping.registry import STOPPING\n"
+        "from eqtheory.stopping.steps import Steps\n\n\n"
+        '@STOPPING.register("my_steps")\n'
+        "class MySteps(Steps):\n"
+        '    """Fires when ``k >= K`` (a plugin copy of ``steps``)."""\n\n'
+        '    name = "my_steps"\n'
+    )
+    out = subprocess.run([sys.executable, "-m", "eqtheory.docs_table", "--plugin", str(plugin)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| `my_steps` | Fires when ``k >= K`` (a plugin copy of ``steps``). |" in out
