@@ -35,6 +35,7 @@ def test_solvers_quick_converges_and_compares():
     assert {r["solver"] for r in ours} == {"picard", "anderson", "broyden"}
     for row in ours:
         assert row["f_calls"] >= 1 and row["time_ms"] > 0
+        assert 0 < row["f_ms"] and row["loop_over_f"] >= 1  # a solve includes its f calls
         # Anderson reaches the tolerance on the contractive maps (residual recomputed)
         if row["solver"] == "anderson" and not row["problem"].startswith("spectrum"):
             assert row["converged"] and row["residual"] < row["tol"], row
