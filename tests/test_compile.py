@@ -50,11 +50,20 @@ def test_compiled_training_step_equals_eager(backward):
     """Loss, logits and every parameter gradient of a train step (K = 2, the paper's energy)."""
     spec = VariantSpec(backward=backward)
     eager, compiled = _pair(spec)
+    objective = compiled.erms[0].objective
+    compiled_forward, calls = objective.forward, []
+
+    def spy(z, context=None):  # the solve must evaluate the compiled objective
+        calls.append(tuple(z.shape))
+        return compiled_forward(z, context)
+
+    objective.forward = spy
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 2, (3, 6), generator=gen)
     mask = torch.rand(3, 6, generator=gen) < 0.3
     loss_e, logits_e, grads_e = _loss_and_grads(eager.train(), tokens, mask)
     loss_c, logits_c, grads_c = _loss_and_grads(compiled.train(), tokens, mask)
+    assert calls and all(shape == (3, 6, 8) for shape in calls)  # (B, T, d) per evaluation
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(logits_c, logits_e, rtol=1e-10, atol=1e-12)
     assert grads_c.keys() == grads_e.keys() and any("erms" in name for name in grads_e)
