@@ -192,6 +192,7 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
     commit, extracted with ``git archive`` under ``out``), one after another in this sitting;
     write ``out/grid.json`` with the wall times, load averages and accuracy tables."""
     root = Path(__file__).resolve().parent.parent
+    out = out.resolve()  # the baseline commit's runner works in another directory
     jobs = [("ensemble", root, ["--ensemble", "auto"]), ("sequential", root, [])]
     if baseline_commit is not None:
         source = out / f"src-{baseline_commit}"
@@ -219,14 +220,18 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
             "accuracy": _accuracy(target),
         }
         print(f"{name}: {seconds / 60:.1f} min (load {os.getloadavg()[0]:.2f})", flush=True)
-    runs = result["runs"]
-    for name in runs:
-        runs[name]["speed-up of ensemble"] = runs[name]["seconds"] / runs["ensemble"]["seconds"]
-    gaps = [abs(a - runs["sequential"]["accuracy"][s][length])
-            for s, by in runs["ensemble"]["accuracy"].items() for length, a in by.items()
-            if not math.isnan(a)]
-    result["largest accuracy gap, ensemble vs sequential (same code)"] = max(gaps, default=None)
-    (out / "grid.json").write_text(json.dumps(result, indent=2))
+        runs = result["runs"]
+        for other in runs:
+            runs[other]["speed-up of ensemble"] = \
+                runs[other]["seconds"] / runs["ensemble"]["seconds"]
+        for other in set(runs) - {"ensemble"}:
+            theirs = runs[other]["accuracy"]
+            gaps = [abs(a - theirs[series][length])
+                    for series, by in runs["ensemble"]["accuracy"].items()
+                    for length, a in by.items()
+                    if length in theirs.get(series, {}) and not math.isnan(a)]
+            result[f"largest accuracy gap, ensemble vs {other}"] = max(gaps, default=None)
+        (out / "grid.json").write_text(json.dumps(result, indent=2))  # after every job
     return result
 
 
