@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import re
 import sqlite3
@@ -203,6 +204,9 @@ def section_steps(check: Check, guard: Guard, *, ensembles: bool) -> dict[str, A
         if guard.left() < NEED_S[name] / 2:
             cut.append(f"{label} T={config.length}")
             continue
+        if device.type == "cuda":  # the last cell's blocks: free for the driver (and auto)
+            gc.collect()
+            torch.cuda.empty_cache()
         members = ensemble_width("auto", config, seeds) if ensembles else 1
         while True:
             try:

@@ -98,3 +98,27 @@ def test_whole_quick_cpu_pipeline(tmp_path: Path) -> None:
     timings = payload["compile"]["timings"]
     assert timings["eager"]["step_s"] > 0 and timings["compiled"]["step_s"] > 0
     assert payload["scan"]["report"]["rows"]
+
+
+def test_an_ensemble_that_runs_out_of_memory_is_halved_down_to_two_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The out-of-memory path of the ensembles section, without a GPU: a fake `time_run` fails
+    above 2 members (and always for the compute-matched control), so each cell is retried at
+    half the width and the compute-matched cells are reported as failures."""
+    widths = []
+
+    def fake_time_run(config, device, *, members=1, evaluate=True, compile_backend=None):
+        widths.append(members)
+        if members > 2 or config.layers > 1:
+            raise torch.OutOfMemoryError("fake: out of memory")
+        return {"setup_s": 0.1, "warmup_s": 0.1, "step_s": 0.01 * members, "params": 1}
+
+    monkeypatch.setattr(gpu_check, "time_run", fake_time_run)
+    check = gpu_check.Check(out=tmp_path, device="cpu", quick=True, command="test")
+    part = gpu_check.section_steps(check, gpu_check.Guard(60), ensembles=True)
+    assert {r["label"] for r in part["rows"]} == LABELS - {"compute-matched"}
+    assert {r["members"] for r in part["rows"]} == {2}
+    assert len(check.failures) == len(gpu_check.QUICK_LENGTHS)
+    assert all("compute-matched" in f and "out of memory with 2" in f for f in check.failures)
+    assert widths[:2] == [5, 2]  # auto's width (every seed fits a tiny model), then halved
