@@ -5,10 +5,11 @@ it ends, so a kill leaves what was measured):
 
 1. ``steps``: for each label (baseline, EqT, aux-only, compute-matched; the configs that
    ``python -m ablations.run --preset paper`` plans, seed 0) at T = 8, 64 and 256, paper size
-   with the preset's bf16 autocast: the setup (data, model), one timed training step
-   (`ablations.train.training_step`, the median-free mean of ``REPEATS`` steps after
-   ``WARMUP``, synchronised) and one evaluation (`ablations.evaluate.evaluate_all` on the
-   paper's 4,096 test sequences under every rule of the run), with peak memory.
+   with the preset's bf16 autocast: the setup (data, model), the training step
+   (`ablations.train.training_step`: the mean over ``REPEATS`` steps timed together after
+   ``WARMUP`` steps, synchronised before and after) and one evaluation
+   (`ablations.evaluate.evaluate_all` on the paper's 4,096 test sequences under every rule of
+   the run), with peak memory.
 2. ``ensembles``: the same training step for a seed ensemble of the preset's 5 seeds
    (`eqtheory.model.ensemble.stack`) as wide as ``--ensemble auto`` makes it (fewer members
    where they would not fit), per label and T.
