@@ -213,6 +213,9 @@ GRAMMAR: dict[str, tuple[str, list[str]]] = {
     "--lease": ("600", ["-5", "nan", "0", "x", "1"]),
     "--out": ("", ["", str(AFILE), str(AFILE / "out"), "o\x00ut"]),
     "--eval-lengths": ("16", ["0", "-1", "x", "1.5", "100000"]),
+    "--ensemble": ("2", ["0", "-1", "x", "1.5", "autox", "Auto"]),
+    "--workers": ("1", ["0", "-1", "x", "1.5", "100000"]),
+    "--gpus-per-run": ("0.5", ["0", "-1", "1.5", "nan", "inf", "x"]),
     "--plugin": (str(PLUGIN), [str(AFILE), str(AFILE.parent), str(RAISES), str(BROKEN),
                                str(AFILE.parent / "missing.py"), "o\x00ut.py"]),
 }
