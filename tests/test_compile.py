@@ -97,28 +97,25 @@ def test_unknown_backend_lists_the_valid_ones():
         compiling.compile_model(torch.nn.Linear(2, 2), backend="inductr")
 
 
-def test_train_run_compile_flag_compiles_and_matches_eager(tmp_path, monkeypatch):
-    """``compile=True`` goes through `compile_model` on CPU (here with the ``eager`` backend:
-    dynamo's graphs, no AOT or code generation, to keep the default suite fast), and the run's
-    losses and accuracies equal the eager run's."""
+def test_train_run_compile_flag_goes_through_compile_model(tmp_path, monkeypatch):
+    """``compile=True`` hands the run's model to `compile_model` on CPU (here a spy that
+    compiles nothing: that the compiled model equals eager is the model-level tests' and the
+    ``slow`` inductor run's job), and ``compile=False`` does not."""
     calls = []
-    original = compiling.compile_model
 
-    def compile_fast(model, *, backend="inductor"):
-        calls.append(type(model).__name__)
-        return original(model, backend="eager")
+    def spy(model, *, backend="inductor"):
+        calls.append((type(model).__name__, backend))
+        return model
 
-    monkeypatch.setattr(compiling, "compile_model", compile_fast)
+    monkeypatch.setattr(compiling, "compile_model", spy)
     config = RunConfig(
-        length=6, layers=1, width=8, heads=2, train_size=16, test_size=8, train_steps=2,
-        batch_size=8, warmup_steps=1, eval_stops=("steps=2",), checkpoint_every=0,
+        length=6, layers=1, width=8, heads=2, train_size=8, test_size=8, train_steps=1,
+        batch_size=8, warmup_steps=1, eval_stops=("steps=1",), checkpoint_every=0,
     )
-    eager = train_run(config, workdir=tmp_path / "eager")
-    compiled = train_run(dataclasses.replace(config, compile=True), workdir=tmp_path / "compiled")
-    assert calls == ["EqT"]
-    assert compiled.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-5)
-    for stop, evaluation in eager.metrics["evals"].items():
-        assert compiled.metrics["evals"][stop]["acc"] == pytest.approx(evaluation["acc"], abs=1e-6)
+    train_run(config, workdir=tmp_path / "eager")
+    assert calls == []
+    result = train_run(dataclasses.replace(config, compile=True), workdir=tmp_path / "compiled")
+    assert calls == [("EqT", "inductor")] and result.metrics["steps"] == 1
 
 
 @pytest.mark.slow
