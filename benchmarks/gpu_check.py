@@ -1,7 +1,7 @@
 """``python -m benchmarks.gpu_check --out DIR``: the GPU check in one command (under 8 minutes).
 
 Sections, in this order (each writes ``DIR/gpu_check.md`` and ``DIR/gpu_check.json`` again when
-it ends, so a kill leaves what was measured):
+it ends, so a kill leaves what was measured; their own files go under ``DIR/scratch``):
 
 1. ``steps``: for each label (baseline, EqT, aux-only, compute-matched; the configs that
    ``python -m ablations.run --preset paper`` plans, seed 0) at T = 8, 64 and 256, paper size
@@ -92,6 +92,12 @@ class Check:
     results: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
+
+    @property
+    def scratch(self) -> Path:
+        """Where the sections keep their files (the sweep's database and runs, probes'
+        results), apart from the two reports."""
+        return self.out / "scratch"
 
     def write(self, guard: Guard) -> None:
         self.results["wall_s"] = guard.elapsed()
@@ -201,7 +207,7 @@ def section_steps(check: Check, guard: Guard, *, ensembles: bool) -> dict[str, A
     lengths = QUICK_LENGTHS if check.quick else LENGTHS
     seeds = len(presets.get("paper").seeds)
     rows, cut = [], []
-    for label, config in plan_configs(check.device, check.quick, lengths, check.out):
+    for label, config in plan_configs(check.device, check.quick, lengths, check.scratch):
         if guard.left() < NEED_S[name] / 2:
             cut.append(f"{label} T={config.length}")
             continue
@@ -250,7 +256,7 @@ def _subprocess(argv: list[str], guard: Guard, cap_s: float) -> dict[str, Any]:
 
 def section_sweep(check: Check, guard: Guard) -> dict[str, Any]:
     """A 2-run sweep (smoke preset, L = 8: baseline + EqT) end to end, in its own process."""
-    out = check.out / "sweep"
+    out = check.scratch / "sweep"
     argv = [sys.executable, "-m", "ablations.run", "--preset", "smoke", "--lengths", "8",
             "--seeds", "0", "--device", check.device, "--out", str(out)]
     argv += ["--set", "train_steps=20"] if check.quick else ["--set", "amp=true"]
@@ -307,10 +313,10 @@ def section_compile(check: Check, guard: Guard) -> dict[str, Any]:
     """EqT's training step at T = 64 (quick: 16), eager and compiled, in a subprocess."""
     backend, length = ("aot_eager", 16) if check.quick else ("inductor", 64)
     argv = [sys.executable, "-c", COMPILE_PROBE, check.device, "1" if check.quick else "0",
-            backend, str(length), str(check.out)]
+            backend, str(length), str(check.scratch)]
     result = _subprocess(argv, guard, cap_s=400)
     result.update(backend=backend, T=length)
-    path = check.out / "compile.json"
+    path = check.scratch / "compile.json"
     if result["rc"] == 0 and path.exists():
         result["timings"] = json.loads(path.read_text())
     else:
@@ -329,7 +335,7 @@ with open(sys.argv[3], "w") as handle:
 
 def section_scan(check: Check, guard: Guard) -> dict[str, Any]:
     """`benchmarks.scan` on the device, in a subprocess that the time guard can stop."""
-    path = check.out / "scan.json"
+    path = check.scratch / "scan.json"
     result = _subprocess([sys.executable, "-c", SCAN_PROBE, "1" if check.quick else "0",
                           check.device, str(path)], guard, cap_s=240)
     if result["rc"] == 0 and path.exists():
@@ -475,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         pin_threads(1)  # see benchmarks.common.THREADS: spinning threads on a busy machine
     guard = Guard(args.budget_s)
-    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scratch").mkdir(parents=True, exist_ok=True)
     check = Check(out=args.out, device=args.device, quick=args.quick,
                   command="python -m benchmarks.gpu_check " + " ".join(
                       sys.argv[1:] if argv is None else argv))

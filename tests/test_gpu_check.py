@@ -84,6 +84,9 @@ def test_quick_cpu_pipeline_measures_extrapolates_and_runs_a_sweep(tmp_path: Pat
     _check_measured(payload)
     text = (tmp_path / "gpu_check.md").read_text()
     assert "## paper grid, extrapolated" in text and "| **total** |" in text
+    # the two reports on top, the sections' files below (a device returns few files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md",
+                                                         "scratch"]
 
 
 @pytest.mark.slow
