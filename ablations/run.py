@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
              "free memory (GPU: free device memory; CPU: available RAM). Models that cannot "
              "be stacked (rnn, a memory energy, a learned step size) train one by one. "
              "Local executor only (default: 1, no ensembles)")
+    add("--compile", action="store_true",
+        help="torch.compile each run's backbone blocks and refinement step (energy value and "
+             "gradient; ablations.compile), on CPU or CUDA: an execution choice, so the runs "
+             "keep their hashes; it pays on GPUs, hardly on CPUs, and compiling takes minutes "
+             "(same as --set compile=true; default: off)")
     add("--workers", type=int, default=1,
         help="--executor local: run this many runs at once, each in its own process on this "
              "machine (several runs per device when one run cannot fill it; each with "
@@ -357,6 +362,8 @@ def plan(args: argparse.Namespace) -> Plan:
         if getattr(args, name) is None:
             setattr(args, name, str(preset.variant.get(name, getattr(DEFAULT, name))))
     overrides = {**preset.config, **parse_overrides(args.overrides)}
+    if args.compile:
+        overrides["compile"] = True
     try:
         RunConfig(**{**overrides, "device": args.device})
     except (ValueError, TypeError) as error:

@@ -142,3 +142,14 @@ def test_compile_benchmark_quick_reports_every_measure():
     assert [(r["model"], r["measure"]) for r in report.rows] == [
         ("baseline", "train"), ("eqt", "train K=2"), ("eqt", "eval K=8")]
     assert all(r["eager ms"] > 0 and r["compiled ms"] > 0 for r in report.rows)
+
+
+def test_the_runner_compile_flag_sets_the_execution_field_and_keeps_the_hashes(tmp_path):
+    from ablations.run import build_parser, plan
+
+    argv = ["--out", str(tmp_path / "out"), "--dry-run", "--lengths", "8"]
+    plain = plan(build_parser().parse_args(argv)).runs
+    compiled = plan(build_parser().parse_args([*argv, "--compile"])).runs
+    assert [config.compile for _, config in plain] == [False] * len(plain)
+    assert [config.compile for _, config in compiled] == [True] * len(compiled)
+    assert [c.hash() for _, c in compiled] == [c.hash() for _, c in plain]
