@@ -11,7 +11,9 @@ the ``T`` positions, divided by ``T`` so that ``beta`` means the same at every l
 averaged over the batch (and summed over ERMs for ``placement="every"``). ``aux_losses_only``
 variants take the same loss on the un-refined state. A sequence that a refinement solve rejected
 (status ``nonfinite`` or ``diverged``) is left out of both terms and of the gradient
-(`masked_loss`), and counted (``metrics["masked_sequences"]``), instead of failing the run.
+(`masked_loss`), and counted (``metrics["masked_sequences"]``), instead of failing the run; a
+step whose gradient still came out non-finite (a refinement step budget keeps a rejected sample's
+last evaluation in the graph) sets that member's gradient to zero (``metrics["zeroed_gradients"]``).
 The energies' context is the input bits
 (``tokens``) and, during training only, a 15% ``mask`` drawn per step from a generator seeded
 by ``(seed, step)``; the backbone always sees every bit (hiding bits would make the prefix parity
@@ -279,19 +281,32 @@ def make_optimizer(
     )
 
 
-def clip_per_member(parameters: list[Tensor], max_norm: float, members: int) -> None:
+def clip_per_member(parameters: list[Tensor], max_norm: float, members: int) -> Tensor:
     r"""Clip each ensemble member's gradient on its own:
     ``g_n <- g_n min(1, c / (||g_n|| + 1e-6))``, ``||g_n||`` the norm of member ``n``'s slice
     over all parameters (each parameter ``[M, ...]``), as `torch.nn.utils.clip_grad_norm_` does
-    for one model (``members == 1``: that function). No host sync."""
-    if members == 1:
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        return
+    for one model (``members == 1``: that function).
+
+    A member whose gradient norm is not finite gets a zero gradient for this step instead: a
+    refinement step budget (``steps=K``) reads nothing back to the host, so a sample whose
+    evaluation turned non-finite leaves that step's evaluation in the graph (docs/reliability.md),
+    and its NaN would otherwise reach every weight. Returns ``[M]`` bool, the members whose
+    gradient was zeroed. No host sync."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (M,)
+    if members == 1:
+        norms = torch.nn.utils.clip_grad_norm_(parameters, max_norm).view(1)
+    else:
+        norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
+    finite = norms.isfinite()  # (M,)
     for grad in grads:
-        grad.mul_(scale.view(-1, *[1] * (grad.dim() - 1)).to(grad.dtype))
+        axes = grad.dim() - (1 if members > 1 else 0)
+        keep = finite.view(-1, *[1] * axes) if members > 1 else finite.view([1] * axes)
+        if members > 1:
+            scale = (max_norm / (norms + 1e-6)).clamp(max=1.0).view_as(keep).to(grad.dtype)
+            grad.copy_(torch.where(keep, grad * scale, 0))
+        else:
+            grad.copy_(torch.where(keep, grad, 0))
+    return ~finite
 
 
 def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -346,8 +361,9 @@ def training_step(
         autocast: the context of the forward pass and loss (bf16 on CUDA; None: none).
 
     Returns:
-        ``loss, nll [M]`` (detached), ``keep [M, B]`` bool (`kept_samples`), and the refined
-        latents ``[M*B, T, d]`` per ERM (detached, for `EqT.update_memories`).
+        ``loss, nll [M]`` (detached), ``keep [M, B]`` bool (`kept_samples`), the refined
+        latents ``[M*B, T, d]`` per ERM (detached, for `EqT.update_memories`), and ``[M]`` bool:
+        the members whose non-finite gradient was zeroed (`clip_per_member`).
     """
     members, batch, length = inputs.shape
     with autocast or contextlib.nullcontext():
@@ -360,9 +376,9 @@ def training_step(
         )  # (M,) each
     optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()  # member n's gradient is its own loss's
-    clip_per_member(list(model.parameters()), grad_clip, members)
+    zeroed = clip_per_member(list(model.parameters()), grad_clip, members)
     optimizer.step()
-    return loss.detach(), nll.detach(), keep, [z.detach() for z in out.latents]
+    return loss.detach(), nll.detach(), keep, [z.detach() for z in out.latents], zeroed
 
 
 @dataclass
@@ -574,6 +590,7 @@ def _train(
     log_every = max(1, min(100, config.train_steps // 10))
     first_bad = torch.full((count,), -1, dtype=torch.int64, device=device)  # per member
     masked = torch.zeros(count, dtype=torch.int64, device=device)
+    zeroed = torch.zeros(count, dtype=torch.int64, device=device)
 
     def check_finite() -> bool:  # a host sync: only at log and checkpoint steps
         for index, bad in enumerate(first_bad.tolist()):
@@ -599,11 +616,12 @@ def _train(
                 inputs[index], MASK_RATE, generator=torch.Generator(device=device).manual_seed(
                     tasks.derive_seed(m.config.seed, "mask", step)),
             ) for index, m in enumerate(members)]).flatten(0, 1)  # (M*B, T)
-        loss, nll, keep, latents = training_step(
+        loss, nll, keep, latents, zeroed_now = training_step(
             model, optimizer, inputs, targets, mask, scored=scored, beta=spec.beta,
             grad_clip=config.grad_clip, with_energy=with_energy, autocast=autocast,
         )
         masked = masked + (~keep).sum(dim=1)  # sequences a solve rejected, left out of the loss
+        zeroed = zeroed + zeroed_now  # steps whose non-finite gradient was set to zero
         model.update_memories(latents)
         losses[:, step] = torch.stack((loss, nll), dim=-1)
         bad_now = ~torch.isfinite(loss) & (first_bad < 0)
@@ -629,7 +647,7 @@ def _train(
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = (time.perf_counter() - started) / count  # the ensemble's time, shared evenly
-    masked_counts = masked.tolist()
+    masked_counts, zeroed_counts = masked.tolist(), zeroed.tolist()
     alive = [index for index, m in enumerate(members) if m.failure is None]
     for index in alive if count > 1 else ():
         members[index].model.load_state_dict(member_state(model, index))
@@ -647,6 +665,7 @@ def _train(
                 "train_nll": float(tail[:, 1].mean()) if step else None,
                 "steps": step,
                 "masked_sequences": masked_counts[index],  # this invocation's steps only
+                "zeroed_gradients": zeroed_counts[index],  # likewise
                 **metrics,
             }
             timings = {"train_s": train_s, "eval_s": eval_s, "total_s": train_s + eval_s}

@@ -49,8 +49,9 @@ def test_eqt_smoke_run_produces_the_metrics_schema(tmp_path):
     json.dumps(metrics, allow_nan=False)
     assert finite_numbers(metrics)
     assert set(metrics) == {"params", "train_loss", "train_nll", "steps", "masked_sequences",
-                            "evals"}
+                            "zeroed_gradients", "evals"}
     assert metrics["steps"] == 30 and metrics["params"] > 0 and metrics["masked_sequences"] == 0
+    assert metrics["zeroed_gradients"] == 0
     assert set(metrics["evals"]) == {"steps=0", "steps=8"}
     k0, k8 = metrics["evals"]["steps=0"], metrics["evals"]["steps=8"]
     for record in (k0, k8):

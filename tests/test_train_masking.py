@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
 import eqtheory as eqt
-from ablations.train import kept_samples, masked_loss
+from ablations.train import clip_per_member, kept_samples, masked_loss
 
 
 def test_kept_samples_groups_per_position_statuses_by_sequence():
@@ -52,3 +53,27 @@ def test_masked_loss_ignores_a_nan_sequence_and_equals_the_plain_mean_without_on
     assert torch.allclose(nll, expected, rtol=1e-14) and torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(poisoned.grad).all() and (poisoned.grad[2] == 0).all()
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_a_nonfinite_gradient_is_zeroed_for_its_member_only(members):
+    """`clip_per_member`: the member whose gradient holds a NaN gets a zero gradient (and is
+    reported); every other member is clipped exactly as without it."""
+    torch.manual_seed(0)
+    shape = (members, 4, 3) if members > 1 else (4, 3)
+    params = [torch.nn.Parameter(torch.randn(shape)), torch.nn.Parameter(torch.randn(shape[:-1]))]
+    clean = [10 * torch.randn_like(p) for p in params]
+    for p, g in zip(params, clean):
+        p.grad = g.clone()
+    assert not clip_per_member(params, 1.0, members).any()
+    expected = [p.grad.clone() for p in params]
+    for p, g in zip(params, clean):
+        p.grad = g.clone()
+        (p.grad[0] if members > 1 else p.grad).view(-1)[0] = float("nan")
+    zeroed = clip_per_member(params, 1.0, members)
+    assert zeroed.tolist() == [True] + [False] * (members - 1)
+    for p, want in zip(params, expected):
+        first = p.grad[0] if members > 1 else p.grad
+        assert (first == 0).all()
+        if members > 1:
+            assert torch.equal(p.grad[1:], want[1:])

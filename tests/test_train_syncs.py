@@ -44,7 +44,7 @@ def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
     model.train()
     for step in range(2):  # the second step runs with optimizer state
         with count_syncs() as syncs:
-            loss, nll, keep, _ = training_step(
+            loss, nll, keep, _, _ = training_step(
                 model, optimizer, inputs, targets, mask, scored=scored, beta=0.1,
                 grad_clip=0.5, with_energy=with_energy,
             )
