@@ -85,11 +85,18 @@ class Energy(nn.Module):
     Subclasses implement `energy` and set `name`. `requires` lists the context keys they read;
     `latent_layout` says which latents the term is built for: ``"sequence"`` (``[B, T, dim]``,
     the model's latents) or ``"flat"`` (``[B, dim]``, analytic energies over a feature vector).
+    `primary` names the option that ``name=value`` sets (None: the term takes only
+    ``name(key=value)``); `exact_gradient` is False for a term whose `gradient` is a field that
+    is not ``dE/dz`` (the causal chain field); `couples_positions` is True for a term whose
+    value at position ``t`` reads other positions' latents (the ERM then solves per sequence).
     """
 
     name: str = "energy"
     requires: tuple[str, ...] = ()
     latent_layout: str = "sequence"
+    primary: str | None = None
+    exact_gradient: bool = True
+    couples_positions: bool = False
 
     def forward(self, z: Tensor, context: Context | None = None) -> Tensor:
         return self.energy(z, context)

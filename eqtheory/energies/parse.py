@@ -71,7 +71,7 @@ def parse_terms(text: str) -> list[tuple[float, type[Energy], dict[str, Any]]]:
         cls = ENERGIES.get(term.name, context=text)
         options = dict(term.options)
         if term.comparator is not None:
-            primary = getattr(cls, "primary", None)
+            primary = cls.primary
             if primary is None or term.comparator != "=":
                 raise SpecError(
                     f"energy term {term.name!r} takes options as {term.name}(key=value)"

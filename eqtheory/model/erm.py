@@ -117,7 +117,7 @@ class ERM(nn.Module):
         """Whether a term of the energy couples positions (then whole sequences are solved)."""
         from eqtheory.model.eqt import flatten_terms  # eqt imports this module
 
-        return any(getattr(t, "couples_positions", False) for t in flatten_terms(self.energy))
+        return any(t.couples_positions for t in flatten_terms(self.energy))
 
     def chain_fixed_point(self) -> Chain | None:
         """The `Chain` term when the objective is that chain's fixed point (the chain alone,

@@ -76,7 +76,7 @@ def energy_gradient_matches_finite_differences(name: str) -> None:
     term, z, context = energy_example(name)
     g = grad(lambda x: term(x, context).sum())(z)
     assert g.shape == z.shape and torch.isfinite(g).all(), f"{name}: bad gradient"
-    if not getattr(term, "exact_gradient", True):
+    if not term.exact_gradient:
         assert torch.allclose(g, term.field(z, context), rtol=1e-12, atol=1e-12), name
         return
     direction = torch.randn_like(z)

@@ -240,7 +240,7 @@ def variational_terms() -> list[str]:
     gradient descent on an energy, e.g. its curvature, hold for them; the causal ``chain`` field
     is not a gradient)."""
     return [name for name in sequence_terms()
-            if getattr(ENERGIES.get(name), "exact_gradient", True)]
+            if ENERGIES.get(name).exact_gradient]
 
 
 @st.composite
