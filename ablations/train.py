@@ -58,14 +58,13 @@ from ablations import tasks
 from ablations.config import RunConfig
 from ablations.environment import resolve_device
 from ablations.evaluate import at_least_float32, evaluate_members
-from eqtheory.energies.mask import random_mask
+from eqtheory import context as context_keys
 from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
 from eqtheory.solution import Solution
 from eqtheory.status import Status
 from eqtheory.variants import build
 
 CHECKPOINT = "checkpoint.pt"
-MASK_RATE = 0.15  # the paper's masked-reconstruction rate
 
 
 class TrainingDiverged(RuntimeError):
@@ -334,12 +333,28 @@ def _member_optimizer_state(state: dict[str, Any], index: int) -> dict[str, Any]
     }
 
 
+def draw_context(inputs: Tensor, seeds: list[int], step: int) -> dict[str, Tensor]:
+    """Every context key that training draws (`eqtheory.context.drawn`) for optimizer step
+    ``step``: member ``n``'s from a generator seeded by ``(seeds[n], key name, step)``, so a
+    member's draws are its single run's. ``inputs: [M, B, T]``; returns ``[M*B, T]`` each."""
+    def generator(seed: int, name: str) -> torch.Generator:
+        return torch.Generator(device=inputs.device).manual_seed(
+            tasks.derive_seed(seed, name, step)
+        )
+
+    return {
+        key.name: torch.stack([key.draw(member, generator(seed, key.name))
+                               for member, seed in zip(inputs, seeds)]).flatten(0, 1)
+        for key in context_keys.drawn()
+    }
+
+
 def training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     inputs: Tensor,
     targets: Tensor,
-    mask: Tensor | None,
+    context: dict[str, Tensor],
     *,
     scored: Tensor,
     beta: float,
@@ -354,8 +369,8 @@ def training_step(
     the model's solves have none (step budgets).
 
     Args:
-        inputs, targets: ``[M, B, T]``; ``mask``: ``[M*B, T]`` bool (the mask term's
-            positions) or None.
+        inputs, targets: ``[M, B, T]``; ``context``: the drawn context keys, ``[M*B, T]`` each
+            (`draw_context`; empty without energies).
         scored: ``[T]`` bool; beta: the energy's weight; grad_clip: per-member norm cap.
         with_energy: add ``beta`` times the learned energy to the loss.
         autocast: the context of the forward pass and loss (bf16 on CUDA; None: none).
@@ -367,7 +382,7 @@ def training_step(
     """
     members, batch, length = inputs.shape
     with autocast or contextlib.nullcontext():
-        out = model(inputs.flatten(0, 1), mask=mask, with_energy=with_energy)
+        out = model(inputs.flatten(0, 1), context=context, with_energy=with_energy)
         keep = kept_samples(out.solutions, members * batch, inputs.device).view(members, batch)
         logits = at_least_float32(out.logits.view(members, batch, length, -1))  # (M, B, T, V)
         energy = None if out.energy is None else out.energy.view(members, batch)
@@ -610,14 +625,10 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         model.set_gamma(gamma_at(step, config))
-        mask = None
-        if with_energy:  # the mask term's positions, reproducible per member and step
-            mask = torch.stack([random_mask(
-                inputs[index], MASK_RATE, generator=torch.Generator(device=device).manual_seed(
-                    tasks.derive_seed(m.config.seed, "mask", step)),
-            ) for index, m in enumerate(members)]).flatten(0, 1)  # (M*B, T)
+        context = draw_context(inputs, [m.config.seed for m in members], step) if with_energy \
+            else {}
         loss, nll, keep, latents, zeroed_now = training_step(
-            model, optimizer, inputs, targets, mask, scored=scored, beta=spec.beta,
+            model, optimizer, inputs, targets, context, scored=scored, beta=spec.beta,
             grad_clip=config.grad_clip, with_energy=with_energy, autocast=autocast,
         )
         masked = masked + (~keep).sum(dim=1)  # sequences a solve rejected, left out of the loss

@@ -21,9 +21,10 @@ import torch
 
 from ablations import tasks
 from ablations.compile import compile_model
-from ablations.train import MASK_RATE, make_optimizer, training_step
+from ablations.train import make_optimizer, training_step
 from benchmarks.common import Report, interleaved_medians, pin_threads
 from benchmarks.overhead import _config
+from eqtheory.context import MASK_RATE
 from eqtheory.energies.mask import random_mask
 from eqtheory.variants import build
 
@@ -50,10 +51,12 @@ def _measure(config, kind: str, backend: str, repeats: int) -> list[dict[str, An
     optimizers = {name: make_optimizer(m, config, device=torch.device("cpu"))
                   for name, m in models.items()}
 
+    context = {} if mask is None else {"mask": mask}
+
     def train(name: str):
         def step() -> float:
             loss, *_ = training_step(
-                models[name], optimizers[name], inputs, targets, mask, scored=scored,
+                models[name], optimizers[name], inputs, targets, context, scored=scored,
                 beta=config.variant.beta, grad_clip=config.grad_clip, with_energy=with_energy)
             return float(loss.sum())
         return step

@@ -136,7 +136,8 @@ def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool =
     `ablations.train` runs them; ``members > 1``: a stacked seed ensemble's step."""
     from ablations import tasks
     from ablations.evaluate import evaluate_all
-    from ablations.train import MASK_RATE, make_optimizer, training_step
+    from ablations.train import make_optimizer, training_step
+    from eqtheory.context import MASK_RATE
     from eqtheory.energies.mask import random_mask
     from eqtheory.model.ensemble import stack
     from eqtheory.variants import build
@@ -165,8 +166,10 @@ def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool =
     _sync(device)
     setup_s = time.perf_counter() - started
 
+    context = {} if mask is None else {"mask": mask}
+
     def step() -> None:
-        training_step(model, optimizer, inputs, targets, mask, scored=scored,
+        training_step(model, optimizer, inputs, targets, context, scored=scored,
                       beta=config.variant.beta, grad_clip=config.grad_clip,
                       with_energy=with_energy, autocast=autocast)
 

@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from ablations import presets, tasks
 from ablations.config import RunConfig
 from ablations.flops import backbone_flops, flops_per_token
-from ablations.train import MASK_RATE
 from benchmarks.common import Report, interleaved_medians, pin_threads
+from eqtheory.context import MASK_RATE
 from eqtheory.energies.mask import random_mask
 from eqtheory.variants import VariantSpec, build
 
@@ -79,8 +79,8 @@ def _measure(size: str, config: RunConfig, repeats: int) -> list[dict[str, Any]]
         model, with_energy = models[kind], kind == "eqt"
 
         def step() -> float:
-            out = model(inputs, mask=mask if with_energy else None, with_energy=with_energy,
-                        stop="steps=2" if with_energy else None)
+            out = model(inputs, context={"mask": mask} if with_energy else None,
+                        with_energy=with_energy, stop="steps=2" if with_energy else None)
             logits = out.logits[:, scored]  # (B, S, V)
             loss = F.cross_entropy(logits.flatten(0, 1), targets[:, scored].flatten())
             if out.energy is not None:

@@ -38,8 +38,9 @@ import torch
 from torch.nn import functional as F
 
 from ablations.config import RunConfig
-from ablations.train import MASK_RATE, clip_per_member, make_optimizer, training_step
+from ablations.train import clip_per_member, make_optimizer, training_step
 from benchmarks.common import Report, interleaved_medians, machine, pin_threads
+from eqtheory.context import MASK_RATE
 from eqtheory.energies.mask import random_mask
 from eqtheory.model.ensemble import stack
 from eqtheory.variants import VariantSpec, build
@@ -73,8 +74,10 @@ def _stepper(model: Any, members: int, config: RunConfig, spec: VariantSpec,
     inputs, targets, mask = data
     scored = torch.ones(config.length, dtype=torch.bool)
 
+    context = {} if mask is None else {"mask": mask}
+
     def step() -> Any:
-        return training_step(model, optimizer, inputs, targets, mask, scored=scored,
+        return training_step(model, optimizer, inputs, targets, context, scored=scored,
                              beta=spec.beta, grad_clip=config.grad_clip,
                              with_energy=spec.kind == "eqt")
     return step
@@ -98,7 +101,8 @@ def _vmap_stepper(models: list[Any], config: RunConfig, spec: VariantSpec,
 
     def member_loss(p: dict, b: dict, x: torch.Tensor, y: torch.Tensor,
                     m: torch.Tensor | None) -> torch.Tensor:
-        out = torch.func.functional_call(base, (p, b), (x,), {"mask": m,
+        context = None if m is None else {"mask": m}
+        out = torch.func.functional_call(base, (p, b), (x,), {"context": context,
                                                              "with_energy": with_energy})
         nll = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
         return nll if out.energy is None else nll + spec.beta * out.energy.mean() / x.shape[1]

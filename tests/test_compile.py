@@ -35,7 +35,7 @@ def _pair(spec: VariantSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def _loss_and_grads(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor):
     model.zero_grad(set_to_none=True)
-    out = model(tokens, mask=mask, with_energy=True)
+    out = model(tokens, context={"mask": mask}, with_energy=True)
     loss = out.logits.logsumexp(-1).mean() + 0.3 * out.energy.mean()
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}

@@ -123,7 +123,7 @@ def test_placements_and_parameters():
 def test_training_loss_reaches_energy_and_backbone_parameters():
     model = make(VariantSpec()).train()
     x = tokens()
-    out = model(x, mask=torch.rand(x.shape) < 0.5)
+    out = model(x, context={"mask": torch.rand(x.shape) < 0.5})
     (out.logits.square().mean() + out.energy.mean()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from ablations.train import MASK_RATE, make_optimizer, train_runs, training_step
+from ablations.train import make_optimizer, train_runs, training_step
+from eqtheory.context import MASK_RATE
 from eqtheory.energies.mask import random_mask
 from eqtheory.model.ensemble import stack
 from eqtheory.testing.syncs import count_syncs
@@ -41,11 +42,12 @@ def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
     scored = torch.arange(8) == 7  # parity_final: one scored position
     with_energy = spec.kind == "eqt"
     mask = random_mask(inputs.flatten(0, 1), MASK_RATE) if with_energy else None
+    context = {} if mask is None else {"mask": mask}
     model.train()
     for step in range(2):  # the second step runs with optimizer state
         with count_syncs() as syncs:
             loss, nll, keep, _, _ = training_step(
-                model, optimizer, inputs, targets, mask, scored=scored, beta=0.1,
+                model, optimizer, inputs, targets, context, scored=scored, beta=0.1,
                 grad_clip=0.5, with_energy=with_energy,
             )
         assert syncs.sites == [], f"step {step}: {syncs.sites}"

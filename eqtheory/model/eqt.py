@@ -19,7 +19,7 @@ LayerNorm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -90,7 +90,7 @@ class EqT(nn.Module):
         self,
         tokens: Tensor,
         *,
-        mask: Tensor | None = None,
+        context: Mapping[str, Tensor] | None = None,
         stop: str | StopRule | None = None,
         with_energy: bool = True,
     ) -> ModelOutput:
@@ -98,11 +98,12 @@ class EqT(nn.Module):
 
         Args:
             tokens: ``[B, T]`` int64 inputs (also the energies' ``context["tokens"]``).
-            mask: ``[B, T]`` bool, the ``mask`` energy term's positions (training only).
+            context: further context keys for the energies (`eqtheory.context`), e.g.
+                ``{"mask": [B, T] bool}`` in training.
             stop: overrides the ERMs' train/eval stopping rule (``"steps=0"``: K = 0).
             with_energy: also return the learned energy (one extra evaluation per ERM).
         """
-        context = {"tokens": tokens} if mask is None else {"tokens": tokens, "mask": mask}
+        context = {"tokens": tokens, **(context or {})}
         out = ModelOutput(logits=tokens.new_empty(0))
         energies: list[Tensor] = []
         backbone = self.backbone

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 import eqtheory as eqt
+from eqtheory.context import CONTEXT_KEYS
 from eqtheory.energies import Energy
 from eqtheory.registry import Registry
 from eqtheory.status import Status
@@ -38,17 +39,14 @@ PROBLEM_KINDS = frozenset({"minimize", "fixed_point", "chain"})
 
 def energy_example(name: str, dtype: torch.dtype = torch.float64) -> tuple[Energy, Tensor, dict]:
     """The term built from its registered defaults (``dim``/``vocab`` where it takes them),
-    latents of its layout (``[B, T, DIM]`` or ``[B, DIM]``) and a context with every key the
-    built-in terms read (``z0`` like ``z``, ``tokens: [B, T]``, ``mask: [B, T]`` bool)."""
+    latents of its layout (``[B, T, DIM]`` or ``[B, DIM]``) and a context with ``z0`` (like
+    ``z``) and every registered context key's example (`eqtheory.context`)."""
     torch.manual_seed(0)
     term = eqt.energies.parse(name, dim=DIM, vocab=VOCAB).to(dtype)
     shape = (B, T, DIM) if term.latent_layout == "sequence" else (B, DIM)
     z = torch.randn(shape, dtype=dtype)
-    context = {
-        "z0": torch.randn(shape, dtype=dtype),
-        "tokens": torch.randint(0, VOCAB, (B, T)),
-        "mask": torch.rand(B, T) < 0.5,
-    }
+    context = {"z0": torch.randn(shape, dtype=dtype)}
+    context.update({name: key.example(B, T, VOCAB) for name, key in CONTEXT_KEYS.items()})
     return term, z, context
 
 
