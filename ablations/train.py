@@ -60,6 +60,7 @@ from ablations.environment import resolve_device
 from ablations.evaluate import at_least_float32, evaluate_members
 from eqtheory import context as context_keys
 from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
+from eqtheory.problem import row_view
 from eqtheory.solution import Solution
 from eqtheory.status import Status
 from eqtheory.variants import build
@@ -297,14 +298,13 @@ def clip_per_member(parameters: list[Tensor], max_norm: float, members: int) -> 
     else:
         norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
     finite = norms.isfinite()  # (M,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (M,); members == 1: clipped above
     for grad in grads:
-        axes = grad.dim() - (1 if members > 1 else 0)
-        keep = finite.view(-1, *[1] * axes) if members > 1 else finite.view([1] * axes)
         if members > 1:
-            scale = (max_norm / (norms + 1e-6)).clamp(max=1.0).view_as(keep).to(grad.dtype)
-            grad.copy_(torch.where(keep, grad * scale, 0))
+            multiplier = row_view(scale, grad).to(grad.dtype)
+            grad.copy_(torch.where(row_view(finite, grad), grad * multiplier, 0))
         else:
-            grad.copy_(torch.where(keep, grad, 0))
+            grad.copy_(torch.where(finite.view(()), grad, 0))
     return ~finite
 
 
