@@ -312,16 +312,10 @@ def run_local(
                 heartbeat.add(run_hash)
             workdirs = [out / "runs" / run_hash for run_hash in group]
             try:
-                if len(group) == 1 or train_ensemble_fn is None:
-                    outcomes = [attempt(
-                        train_fn, store.config(run_hash), run_hash, workdir, progress=progress,
-                        threads=threads,
-                    ) for run_hash, workdir in zip(group, workdirs)]
-                else:
-                    outcomes = attempt_ensemble(
-                        train_ensemble_fn, [store.config(h) for h in group], group, workdirs,
-                        progress=progress, threads=threads,
-                    )
+                outcomes = attempt_group(
+                    train_fn, train_ensemble_fn, [store.config(h) for h in group], group,
+                    workdirs, progress=progress, threads=threads,
+                )
             except BaseException:  # KeyboardInterrupt / SIGTERM: give the runs back
                 for run_hash in group:
                     store.release(run_hash)
@@ -389,11 +383,8 @@ def run_pool(
             worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
             configs = [store.config(run_hash) for run_hash in group]
             workdirs = [out / "runs" / run_hash for run_hash in group]
-            if len(group) > 1 and train_ensemble_fn is not None:
-                future = worker.submit(attempt_ensemble, train_ensemble_fn, configs, group,
-                                       workdirs, progress=False, threads=threads)
-            else:  # one run, or an injected trainer (tests): the group's runs one by one
-                future = worker.submit(_attempts, train_fn, configs, group, workdirs, threads)
+            future = worker.submit(attempt_group, train_fn, train_ensemble_fn, configs, group,
+                                   workdirs, progress=False, threads=threads)
             in_flight[future] = (group, worker)
 
     with Heartbeat(store.path) as heartbeat:
@@ -426,12 +417,23 @@ def run_pool(
             raise
 
 
-def _attempts(
-    train_fn: TrainFn, configs: list[RunConfig], run_hashes: list[str], workdirs: list[Path],
-    threads: int,
+def attempt_group(
+    train_fn: TrainFn,
+    train_ensemble_fn: EnsembleTrainFn | None,
+    configs: list[RunConfig],
+    run_hashes: list[str],
+    workdirs: list[Path],
+    *,
+    progress: bool,
+    threads: int = 0,
 ) -> list[Outcome]:
-    """`attempt` of each run in turn (a pool worker's job when runs do not train together)."""
-    return [attempt(train_fn, config, run_hash, workdir, progress=False, threads=threads)
+    """The outcomes of a claimed group (`claim_group`), in order: one seed ensemble through
+    `train_ensemble_fn` when the group has several runs and one is given, else `attempt` of each
+    run in turn (one run, or an injected trainer in tests)."""
+    if len(configs) > 1 and train_ensemble_fn is not None:
+        return attempt_ensemble(train_ensemble_fn, configs, run_hashes, workdirs,
+                                progress=progress, threads=threads)
+    return [attempt(train_fn, config, run_hash, workdir, progress=progress, threads=threads)
             for config, run_hash, workdir in zip(configs, run_hashes, workdirs)]
 
 

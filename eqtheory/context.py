@@ -23,10 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from eqtheory.energies.mask import random_mask
-
-MASK_RATE = 0.15
-"""The paper's masked-reconstruction rate: the share of positions in training's ``mask``."""
+from eqtheory.energies.mask import MASK_RATE, random_mask
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ from torch.nn import functional as F
 from eqtheory.energies.base import Context, Energy, require
 from eqtheory.energies.registry import ENERGIES
 
+MASK_RATE = 0.15
+"""The paper's masked-reconstruction rate: the share of positions training masks."""
+
 
 def random_mask(
-    tokens: Tensor, rate: float = 0.15, generator: torch.Generator | None = None
+    tokens: Tensor, rate: float = MASK_RATE, generator: torch.Generator | None = None
 ) -> Tensor:
     """Bernoulli(`rate`) mask ``[B, T]`` bool, one independent draw per position.
 
