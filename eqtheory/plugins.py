@@ -80,17 +80,17 @@ def load_file(path: str | Path) -> Plugin:
     if resolved.suffix != ".py":
         raise ValueError(f"a plugin is a Python file (.py), got {str(path)!r}")
     sha256 = file_sha256(resolved)
-    key = str(resolved)
-    if key in _LOADED:
-        if _LOADED[key][0] != sha256:
+    if source in _LOADED:
+        if _LOADED[source][0] != sha256:
             raise ValueError(
-                f"plugin {key!r} changed since this process loaded it; restart to load it again"
+                f"plugin {source!r} changed since this process loaded it; restart to load it "
+                "again"
             )
         return Plugin(source, sha256)
     name = f"eqtheory_plugin_{resolved.stem}_{sha256[:12]}"
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import plugin file {key!r}")
+        raise ValueError(f"cannot import plugin file {source!r}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
     try:
@@ -98,7 +98,7 @@ def load_file(path: str | Path) -> Plugin:
     except BaseException:
         del sys.modules[name]
         raise
-    _LOADED[key] = (sha256, module)
+    _LOADED[source] = (sha256, module)
     return Plugin(source, sha256)
 
 
