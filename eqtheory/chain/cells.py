@@ -107,6 +107,7 @@ class GRUCell(ChainCell):
         factors = torch.cat([(s - n) * u * (1 - u), s_n * slope * r * (1 - r), r * slope], -1)
         weight = self.state.weight  # (3d, d)
         return lambda w, t: u[:, t] * w + (factors[:, t] * w.repeat(1, 3)) @ weight
+
     def jacobian(self, s: Tensor, h: Tensor) -> Tensor:
         u, r, n, s_n = self._gates(s, self.project(h))
         d = self.dim
@@ -149,5 +150,7 @@ class TanhCell(ChainCell):
         """Matrix-free: ``J_t^T w = ((1 - g_t^2) w) U``."""
         slope = 1 - self(s, h) ** 2
         return lambda w, t: (slope[:, t] * w) @ self.state.weight
+
+    def jacobian(self, s: Tensor, h: Tensor) -> Tensor:
         slope = 1 - self(s, h) ** 2  # (..., d)
         return slope.unsqueeze(-1) * self.state.weight
