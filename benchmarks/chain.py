@@ -4,11 +4,12 @@ Two chain EqT models are trained here with the ``recurrence`` preset's configura
 one at L = 64 and one at L = 192, with training steps scaled with the length (the preset's
 per 64 positions) (``--quick``: a few steps, tiny lengths). For each model and
 each length ``L`` in 64, 256, 1,024, a batch of 8 random bit sequences goes through the
-backbone, and the ERM's chain ``z = F(z)`` over those proposals is solved in float64 from the
-proposal by every chain solver (and Picard, and Newton's variants) until the fixed-point
-residual ``||z - F(z)|| < 1e-5`` per sequence (cap: ``L + 1`` steps for the solvers whose steps
-cost ``O(T d^2)``, `NEWTON_CAP` for those that build ``d x d`` Jacobians; Newton without its
-safeguards only up to `STUDY_MAX_LENGTH`). Reported per solver:
+backbone, and the ERM's chain ``z = F(z)`` over those proposals is solved in float64 by every
+chain solver (and Picard, and Newton's variants) from the centre of the cell's range (the
+default start, `eqtheory.chain.solve_chain`; one Newton row starts from the proposal ``h``
+instead) until the fixed-point residual ``||z - F(z)|| < 1e-5`` per sequence (cap: ``L + 1``
+steps for the solvers whose steps cost ``O(T d^2)``, `NEWTON_CAP` for those that build ``d x d``
+Jacobians; the `SAFEGUARD_STUDY` rows only up to `STUDY_MAX_LENGTH`). Reported per solver:
 sequences converged, iterations (max and mean over sequences), wall time (one timed solve after
 none untimed, one thread: read ratios of large differences only) and the error against the exact
 recurrence.
@@ -40,13 +41,16 @@ SOLVERS = {
     "newton (scan)": ("newton", {}),
     "newton (loop)": ("newton", {"scan": "sequential"}),
     "newton, plain": ("newton", {"clip": False, "backtrack": False}),
-    "newton, clip only": ("newton", {"backtrack": False}),
     "newton, damped 0.5": ("newton", {"clip": False, "backtrack": False, "step_size": 0.5}),
+    "newton, clip only": ("newton", {"backtrack": False}),
+    "newton from the proposal": ("newton", {"scan": "sequential"}),
     "quasi_newton": ("quasi_newton", {}),
 }
-SAFEGUARD_STUDY = ("newton, plain", "newton, clip only", "newton, damped 0.5")
-"""Newton without its safeguards: solved at L <= `STUDY_MAX_LENGTH` only (each of their steps at
-L = 1,024 builds and scans 8 x 1,024 dense Jacobians, and they may use every one of their
+FROM_PROPOSAL = ("newton from the proposal",)
+"""Rows that start from the proposal ``h`` (saturated states) instead of the centre."""
+SAFEGUARD_STUDY = ("newton, plain", "newton, damped 0.5", "newton, clip only", *FROM_PROPOSAL)
+"""Which safeguard (or start) matters: solved at L <= `STUDY_MAX_LENGTH` only (each of their
+steps at L = 1,024 builds 8 x 1,024 dense Jacobians, and they may use every one of their
 `NEWTON_CAP` steps)."""
 STUDY_MAX_LENGTH = 256
 TOL = 1e-5
@@ -95,14 +99,17 @@ def solver_rows(model, train_length: int, lengths: list[int], batch: int) -> lis
         with torch.no_grad():
             exact = solve_chain(chain.cell, h, s0, solver="sequential", stop="steps=1").z
 
-        def solve(name, options, h=h, s0=s0, length=length):
+        def solve(label, h=h, s0=s0, length=length):
+            name, options = SOLVERS[label]
             cap = NEWTON_CAP if name == "newton" else length + 1
             stop = f"grad<{TOL}|steps={cap}"
-            return lambda: solve_chain(chain.cell, h, s0, solver=name, stop=stop, **options)
+            z0 = h.clone() if label in FROM_PROPOSAL else None
+            return lambda: solve_chain(chain.cell, h, s0, z0=z0, solver=name, stop=stop,
+                                       **options)
 
         with torch.no_grad():
             timed = interleaved_medians(
-                {label: solve(name, options) for label, (name, options) in SOLVERS.items()
+                {label: solve(label) for label in SOLVERS
                  if length <= STUDY_MAX_LENGTH or label not in SAFEGUARD_STUDY},
                 repeats=1, warmup=0,
             )
@@ -157,7 +164,9 @@ def run(*, quick: bool = False) -> Report:
     gd = gradient_rows(models[train_lengths[0]], lengths[0], batch, 50 if quick else 2000)
     report.notes += [
         f"float64, batch {batch}, residual ||z - F(z)|| < {TOL} per sequence, cap L + 1 steps "
-        f"({NEWTON_CAP} for newton); {', '.join(SAFEGUARD_STUDY)}: L <= {STUDY_MAX_LENGTH} only; "
+        f"({NEWTON_CAP} for newton); every solve starts at the centre of the cell's range (0) "
+        f"except {', '.join(FROM_PROPOSAL)} (from h); "
+        f"{', '.join(SAFEGUARD_STUDY)}: L <= {STUDY_MAX_LENGTH} only; "
         "'ms' is one timed solve on one thread; 'max error' is against "
         "the exact recurrence (one sequential sweep).",
         "Gradient descent on the chain energy at L = "

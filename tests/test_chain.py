@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import eqtheory as eqt
 from eqtheory.chain import CELLS, linear_recurrence, reverse_linear_recurrence
-from eqtheory.chain.cells import ChainCell
+from eqtheory.chain.cells import ChainCell, GRUCell
 from eqtheory.chain.problem import solve_chain
 from eqtheory.variants import build
 
@@ -95,6 +95,42 @@ def test_sequential_is_exact_in_one_step_and_newton_needs_few_at_any_length():
         newton = solve_chain(module, h, s0, solver="newton", stop="grad<1e-9|steps=300")
     assert torch.allclose(one.z, exact, atol=1e-12)
     assert newton.counts() == {"converged": 2} and int(newton.steps.max()) <= 20
+
+
+def parity_cell() -> GRUCell:
+    """A one-unit GRU that computes parity: input ``h = +1`` (bit 0) keeps the state
+    (``u ~ 1``), ``h = -1`` (bit 1) replaces it by ``n = tanh(-3 s)``, the opposite saturation."""
+    cell = GRUCell(1).double()
+    with torch.no_grad():
+        cell.input.weight.copy_(torch.tensor([[10.0], [0.0], [0.0]]))
+        cell.input.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))
+        cell.state.weight.copy_(torch.tensor([[0.0], [0.0], [-3.0]]))
+        cell.state.bias.zero_()
+    return cell
+
+
+@pytest.mark.parametrize("length", [256, 1024])
+def test_newton_from_the_centre_solves_a_parity_chain_in_few_steps_at_any_length(length):
+    cell = parity_cell()
+    bits = torch.randint(0, 2, (8, length, 1), generator=torch.Generator().manual_seed(0))
+    h, s0 = 1.0 - 2 * bits.double(), torch.tensor([0.99], dtype=torch.float64)
+    with torch.no_grad():
+        exact = solve_chain(cell, h, s0, solver="sequential", stop="steps=1").z
+        assert torch.equal(exact[..., 0] < 0, bits[..., 0].cumsum(1) % 2 == 1)  # it is parity
+        for options in ({}, {"backtrack": False}):
+            centre = solve_chain(cell, h, s0, solver="newton", stop="grad<1e-8|steps=20",
+                                 **options)
+            assert centre.counts() == {"converged": 8} and int(centre.steps.max()) <= 5
+            assert torch.allclose(centre.z, exact, atol=1e-10)
+            # from a saturated start the cell's Jacobians vanish: a wrong sign moves one
+            # position per step, so 20 steps do not reach the fixed point
+            saturated = solve_chain(cell, h, s0, z0=h.clone(), solver="newton",
+                                    stop="grad<1e-8|steps=20", **options)
+            assert saturated.counts().get("converged", 0) < 8
+        # the clamp is what keeps the centre's exploding Jacobian products usable
+        plain = solve_chain(cell, h, s0, solver="newton", clip=False, backtrack=False,
+                            stop="grad<1e-8|steps=20")
+    assert set(plain.counts()) <= {"diverged", "nonfinite"}
 
 
 @pytest.mark.parametrize("name", CHAIN_SOLVERS)
@@ -201,7 +237,8 @@ def test_causal_gradient_descent_with_step_one_is_picard():
     with torch.no_grad():
         gd = eqt.minimize(term, h.clone(), context={"z0": h}, solver="gd", step_size=1.0,
                           stop="steps=4")
-        picard = solve_chain(term.cell, h, term.s0.double(), solver="picard", stop="steps=4")
+        picard = solve_chain(term.cell, h, term.s0.double(), z0=h.clone(), solver="picard",
+                             stop="steps=4")
     assert torch.allclose(gd.z, picard.z, atol=1e-14)
 
 

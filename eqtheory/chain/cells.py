@@ -10,7 +10,7 @@ r"""Cells ``g(s, h)`` of a causal chain, ``s, h: [..., d] -> [..., d]``, and the
 Both map ``[-1, 1]^d`` into itself (``n`` and ``tanh`` lie in ``(-1, 1)``; a GRU output is a
 convex combination of ``n`` and ``s``), so with ``s_0`` in ``[-1, 1]^d`` every position of the
 chain's fixed point lies in ``[-1, 1]^d``: `range` is what Newton-type solvers clamp their
-iterates to.
+iterates to. Chain solves start from the range's `centre` (``0``): see `solve_chain` for why.
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ class ChainCell(nn.Module):
 
     name: str = "cell"
     range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def centre(self) -> float:
+        """The midpoint of `range`, where chain solves start (`eqtheory.chain.solve_chain`)."""
+        low, high = self.range
+        return (low + high) / 2
 
     def __init__(self, dim: int) -> None:
         super().__init__()

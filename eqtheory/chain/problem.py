@@ -122,7 +122,19 @@ def solve_chain(
     readout: Callable[[Tensor], Tensor] | None = None,
     **solver_options: Any,
 ) -> Solution:
-    """Solve the chain ``z = F(z)`` over ``h: [B, T, d]`` from ``z0`` (default: ``h``).
+    """Solve the chain ``z = F(z)`` over ``h: [B, T, d]`` from ``z0`` (default: every state at
+    the centre of the cell's range, ``cell.centre``, i.e. ``0``).
+
+    The fixed point is unique, so the start changes only the iterations, but for Newton-type
+    solvers it decides them. Newton linearises the cell at its iterate; where the iterate is
+    saturated (a gate or ``tanh`` near its bound, as the proposals ``h`` and every Picard iterate
+    of a trained cell are) the Jacobians vanish, and a wrong state is corrected one position per
+    iteration, as by Picard (a bistable cell such as parity keeps a wrong sign until the iterate
+    reaches it). At the centre the Jacobians are large and carry the signs along the whole
+    sequence in one scan, and clamping to the range turns the first step into nearly the fixed
+    point (`tests/test_chain.py` builds a parity GRU: 3 Newton steps from the centre at every
+    ``L``, ``L``-bound from saturated starts; ``python -m benchmarks --only chain`` measures
+    trained models).
 
     ``solver`` is a chain solver (``sequential``, ``newton``, ``quasi_newton``) or any
     fixed-point solver (``picard``, ``anderson``, ...: the map is then solved row by row through
@@ -141,7 +153,7 @@ def solve_chain(
     from eqtheory import solvers
     from eqtheory.api import fixed_point, solve
 
-    start = h if z0 is None else z0
+    start = torch.full_like(h, cell.centre) if z0 is None else z0
     problem = ChainProblem(cell, h, s0)
     solver_obj = solvers.resolve(solver, **solver_options)
     if "chain" not in solver_obj.solves:

@@ -17,7 +17,8 @@ math is per token), and per sequence for energies with a term that couples posit
 
 * **per sequence, fixed point**: the ``chain`` energy alone with no prior (``gamma = inf``) and a
   solver of chains (``sequential``, ``newton``, ``quasi_newton``) or of fixed points (``picard``,
-  ``anderson``, ...) solves ``z = F(z)``, ``F(z)_t = g(z_{t-1}, z0_t)``, from ``z0``, where
+  ``anderson``, ...) solves ``z = F(z)``, ``F(z)_t = g(z_{t-1}, z0_t)``, starting from the
+  centre of the cell's range (`eqtheory.chain.solve_chain` says why), where
   ``grad E = z - F(z)`` (the causal field); the solver's step size is its damping;
 * **per sequence, minimise**: any other energy with a coupling term is minimised over whole
   sequences ``z: [B, T, d]``;

@@ -16,6 +16,12 @@ step is safeguarded:
   ``z + (z_hat - z) / 2`` instead (one more evaluation for that sample);
 * ``step_size``: a damping ``eta`` in ``(0, 1]``, ``z + eta (z_hat - z)``.
 
+What decides the iterations on saturating cells is the start and ``clip`` together: from
+saturated iterates the Jacobians vanish and Newton moves a wrong state one position per step (as
+Picard); from the centre of the cell's range (where `eqtheory.chain.solve_chain` starts) the
+Jacobian products carry the signs along the sequence but grow like ``|J|^T``, and the clamp
+turns them into states in the range (without it the first step diverges).
+
 After ``k`` undamped steps the first ``k`` positions are exact (as for Picard), so ``T`` steps
 always suffice. ``diagonal=True`` keeps only the Jacobians' diagonals (quasi-Newton, see
 ``quasi_newton``). Unrolled backward treats ``J`` as constant; train with ``implicit``.
