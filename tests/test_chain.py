@@ -268,6 +268,7 @@ def test_model_routes_chain_energies_per_sequence():
     assert out.solutions[0].status.shape == (4,) and out.logits.shape == (4, 10, 2)
     k0 = fixed(tokens, stop="steps=0")
     assert k0.solutions[0].steps.tolist() == [0, 0, 0, 0]
+    assert torch.equal(k0.solutions[0].z, k0.proposals[0])  # K = 0 is the proposal, not the start
     composed = build(energy="chain+bidir", solver="gd", gamma=1.0, stop="steps=2", width=8,
                      heads=2)
     assert composed(tokens).solutions[0].status.shape == (4,)

@@ -18,7 +18,8 @@ math is per token), and per sequence for energies with a term that couples posit
 * **per sequence, fixed point**: the ``chain`` energy alone with no prior (``gamma = inf``) and a
   solver of chains (``sequential``, ``newton``, ``quasi_newton``) or of fixed points (``picard``,
   ``anderson``, ...) solves ``z = F(z)``, ``F(z)_t = g(z_{t-1}, z0_t)``, starting from the
-  centre of the cell's range (`eqtheory.chain.solve_chain` says why), where
+  centre of the cell's range (`eqtheory.chain.solve_chain` says why; a zero-step budget still
+  returns ``z0``, the K = 0 control), where
   ``grad E = z - F(z)`` (the causal field); the solver's step size is its damping;
 * **per sequence, minimise**: any other energy with a coupling term is minimised over whole
   sequences ``z: [B, T, d]``;
@@ -166,8 +167,10 @@ class ERM(nn.Module):
             rule = stopping.resolve(stop)
         chain = self.chain_fixed_point()
         if chain is not None:
+            # the K = 0 control returns the proposal; every other solve starts at the centre
+            start = z0 if rule.budget() == 0 else None
             solution = solve_chain(
-                chain.cell, z0, chain.s0.to(z0.dtype), solver=self.solver, stop=rule,
+                chain.cell, z0, chain.s0.to(z0.dtype), z0=start, solver=self.solver, stop=rule,
                 backward=self.backward, readout=readout,
             )
         else:
