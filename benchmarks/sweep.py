@@ -189,15 +189,23 @@ def _accuracy(out: Path) -> dict[str, dict[str, float]]:
             for series, by in table.items()}
 
 
+GRID_JOBS = ("ensemble", "sequential")
+
+
 def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
-         seeds: str | None = None) -> dict[str, Any]:
-    """Time ``python -m ablations.run --preset <preset> [--seeds <seeds>]`` with
-    ``--ensemble auto`` and sequentially (and, with ``baseline_commit``, sequentially at that
-    commit, extracted with ``git archive`` under ``out``), one after another in this sitting;
-    write ``out/grid.json`` with the wall times, load averages and accuracy tables."""
+         seeds: str | None = None, workers: int = 1,
+         jobs_here: tuple[str, ...] = GRID_JOBS) -> dict[str, Any]:
+    """Time ``python -m ablations.run --preset <preset> [--seeds <seeds>]`` at this commit with
+    ``--ensemble auto`` (and ``--workers <workers>`` when above 1) and sequentially (the
+    `GRID_JOBS` named in ``jobs_here``), and, with ``baseline_commit``, sequentially at that
+    commit (extracted with ``git archive`` under ``out``), one after another in this sitting;
+    write ``out/grid.json`` with the wall times, load averages and accuracy tables (after every
+    job). Speed-ups are against the first job."""
     root = Path(__file__).resolve().parent.parent
     out = out.resolve()  # the baseline commit's runner works in another directory
-    jobs = [("ensemble", root, ["--ensemble", "auto"]), ("sequential", root, [])]
+    parallel = ["--workers", str(workers)] if workers > 1 else []
+    known = {"ensemble": ["--ensemble", "auto", *parallel], "sequential": []}
+    jobs = [(name, root, known[name]) for name in jobs_here]
     if baseline_commit is not None:
         source = out / f"src-{baseline_commit}"
         source.mkdir(parents=True, exist_ok=True)
@@ -225,16 +233,16 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
         }
         print(f"{name}: {seconds / 60:.1f} min (load {os.getloadavg()[0]:.2f})", flush=True)
         runs = result["runs"]
+        first = jobs[0][0]
         for other in runs:
-            runs[other]["speed-up of ensemble"] = \
-                runs[other]["seconds"] / runs["ensemble"]["seconds"]
-        for other in set(runs) - {"ensemble"}:
+            runs[other][f"speed-up of {first}"] = runs[other]["seconds"] / runs[first]["seconds"]
+        for other in set(runs) - {first}:
             theirs = runs[other]["accuracy"]
             gaps = [abs(a - theirs[series][length])
-                    for series, by in runs["ensemble"]["accuracy"].items()
+                    for series, by in runs[first]["accuracy"].items()
                     for length, a in by.items()
                     if length in theirs.get(series, {}) and not math.isnan(a)]
-            result[f"largest accuracy gap, ensemble vs {other}"] = max(gaps, default=None)
+            result[f"largest accuracy gap, {first} vs {other}"] = max(gaps, default=None)
         (out / "grid.json").write_text(json.dumps(result, indent=2))  # after every job
     return result
 
@@ -249,13 +257,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu", help="with --grid: the preset (default: cpu)")
     parser.add_argument("--seeds", default=None,
                         help="with --grid: the runner's --seeds (default: the preset's)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="with --grid: the ensemble job's runner --workers (default: 1)")
+    parser.add_argument("--jobs", default=",".join(GRID_JOBS),
+                        help="with --grid: which jobs at this commit, comma-separated, from "
+                             f"{', '.join(GRID_JOBS)} (default: both)")
     parser.add_argument("--quick", action="store_true", help="tiny step benchmark (seconds)")
     args = parser.parse_args(argv)
+    jobs_here = tuple(name for name in args.jobs.split(",") if name)
+    unknown = sorted(set(jobs_here) - set(GRID_JOBS))
+    if unknown or not jobs_here:
+        parser.error(f"--jobs takes names from {', '.join(GRID_JOBS)}, got {args.jobs!r}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.grid is None:
         print(run(quick=args.quick).markdown())
         return 0
     args.grid.mkdir(parents=True, exist_ok=True)
-    grid(args.grid, baseline_commit=args.baseline_commit, preset=args.preset, seeds=args.seeds)
+    grid(args.grid, baseline_commit=args.baseline_commit, preset=args.preset, seeds=args.seeds,
+         workers=args.workers, jobs_here=jobs_here)
     return 0
 
 
