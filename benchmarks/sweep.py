@@ -261,13 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --grid: the ensemble job's runner --workers (default: 1)")
     parser.add_argument("--jobs", default=",".join(GRID_JOBS),
                         help="with --grid: which jobs at this commit, comma-separated, from "
-                             f"{', '.join(GRID_JOBS)} (default: both)")
+                             f"{', '.join(GRID_JOBS)} (default: both; '' with --baseline-commit:"
+                             " only the baseline commit's)")
     parser.add_argument("--quick", action="store_true", help="tiny step benchmark (seconds)")
     args = parser.parse_args(argv)
     jobs_here = tuple(name for name in args.jobs.split(",") if name)
     unknown = sorted(set(jobs_here) - set(GRID_JOBS))
-    if unknown or not jobs_here:
-        parser.error(f"--jobs takes names from {', '.join(GRID_JOBS)}, got {args.jobs!r}")
+    if unknown or not (jobs_here or args.baseline_commit):
+        parser.error(f"--jobs takes names from {', '.join(GRID_JOBS)} (none only with "
+                     f"--baseline-commit), got {args.jobs!r}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.grid is None:
