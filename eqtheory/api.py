@@ -59,9 +59,12 @@ def solve(
     `eqtheory.problem.PerPositionProblem`, come here directly). Arguments as in `minimize`."""
     check_z0(z0)
     check_budget(max_steps, divergence)
-    solver_obj = solvers.resolve(solver, **(solver_options or {}))
-    rule = stopping.resolve(stop)
-    mode = backward_modes.resolve(backward)
+    solver_obj = _shared_solver(solver, solver_options or {})
+    rule = stopping.shared(stop)
+    mode = (
+        backward_modes.REGISTRY.shared(backward) if isinstance(backward, str)
+        else backward_modes.resolve(backward)
+    )
 
     def run(p: Problem, start: Tensor) -> Solution:
         return iterate(
@@ -70,6 +73,14 @@ def solve(
         )
 
     return mode.solve(problem, z0, run)
+
+
+def _shared_solver(solver: str | Solver, options: dict[str, Any]) -> Solver:
+    """`solvers.resolve`, sharing the instance built for a name and options between solves
+    (`eqtheory.registry.Registry.shared`: not one that holds parameters or buffers)."""
+    if isinstance(solver, str):
+        return solvers.REGISTRY.shared(solver, **options)
+    return solvers.resolve(solver, **options)
 
 
 def minimize(

@@ -126,18 +126,19 @@ class _Carry:
     state: State
     rule_state: RuleState
     z_norm: Tensor
-    bound: Tensor
+    limit: Tensor  # the divergence bound, at most the dtype's largest finite value
     start: Tensor  # [W, *S] the rule's z0
     nan: Tensor
     status: Tensor
     active: Tensor
+    running: int | None  # with host checks: how many samples are active (else None)
     steps: Tensor
     fevals: Tensor
     quarantine: Tensor | None  # graph mode: samples rejected so far (None: none)
     batch_fevals: int | Tensor  # over the working batch, all of it (a 0-d tensor once a
     # solver reports per-sample counts: summed on the device, read once at the end)
 
-    PER_SAMPLE = ("z_norm", "bound", "start", "nan", "status", "active", "steps", "fevals")
+    PER_SAMPLE = ("z_norm", "limit", "start", "nan", "status", "active", "steps", "fevals")
 
     def take(self, keep: Tensor) -> _Carry:
         """The samples ``keep`` (int64 ``[W']``) only; none of them was rejected."""
@@ -212,12 +213,13 @@ def _check(problem: Problem, solver: Solver, z0: Tensor) -> None:
 def _start(setup: _Setup, problem: Problem, z0: Tensor, divergence: float) -> _Carry:
     """The solver's initial state, the rule's verdict at step 0 and the first trace row."""
     batch, device = z0.shape[0], z0.device
-    bound = divergence * (batch_norm(z0.detach()) + 1)
+    z0_norm = batch_norm(z0.detach())
+    bound = divergence * (z0_norm + 1)
     state, init_evals = setup.solver.init(problem, z0)
     nan = torch.full((batch,), float("nan"), dtype=z0.dtype, device=device)
-    z_norm = batch_norm(state["z"].detach())
-    finite = _finite(state, z_norm, setup.has_energy)
-    status = torch.where(finite, int(Status.RUNNING), int(Status.NONFINITE)).to(torch.int64)
+    z_norm = z0_norm if state["z"] is z0 else batch_norm(state["z"].detach())
+    finite = (z_norm < math.inf) & _valid(state, setup.has_energy)
+    status = torch.where(finite, int(Status.RUNNING), int(Status.NONFINITE))
     info = StepInfo(
         0, state["z"], z0, nan, nan, state["energy"], nan, state["grad_norm"], setup.readout
     )
@@ -227,8 +229,10 @@ def _start(setup: _Setup, problem: Problem, z0: Tensor, divergence: float) -> _C
     active = finite & ~done
     setup.trace.record(state, nan, active, setup.stop.trace_values(rule_state))
     return _Carry(
-        state=state, rule_state=rule_state, z_norm=z_norm, bound=bound, start=z0, nan=nan,
-        status=status, active=active, steps=torch.zeros(batch, dtype=torch.int64, device=device),
+        state=state, rule_state=rule_state, z_norm=z_norm,
+        limit=bound.clamp(max=torch.finfo(bound.dtype).max), start=z0, nan=nan, status=status,
+        active=active, running=int(active.count_nonzero()) if setup.host_checks else None,
+        steps=torch.zeros(batch, dtype=torch.int64, device=device),
         fevals=torch.full((batch,), init_evals, dtype=torch.int64, device=device),
         quarantine=None, batch_fevals=init_evals * batch,
     )
@@ -243,19 +247,18 @@ def _drive(
 ) -> tuple[_Carry, int | None]:
     """Take the steps ``k`` in `steps` on the working problem `work`.
 
-    With host checks, before each step it reads how many samples still run: it ends when none
-    does, and when ``pause(running, width)`` holds it returns ``(carry, k)``, ``k`` the step not
-    yet taken. Otherwise (the budget path) it takes every step. Returns ``(carry, None)`` when it
-    did not pause."""
+    With host checks, before each step it looks how many samples still run (`_Carry.running`,
+    read at the end of the step before): it ends when none does, and when
+    ``pause(running, width)`` holds it returns ``(carry, k)``, ``k`` the step not yet taken.
+    Otherwise (the budget path) it takes every step. Returns ``(carry, None)`` when it did not
+    pause."""
     for k in steps:
         if setup.host_checks:
-            running = int(carry.active.sum())
-            if running == 0:
+            if carry.running == 0:
                 break
-            if pause is not None and pause(running, carry.active.shape[0]):
+            if pause is not None and pause(carry.running, carry.active.shape[0]):
                 return carry, k
-        carry, row = _step(setup, work, carry, k)
-        setup.trace.record(*row)
+        setup.trace.record(*_step(setup, work, carry, k))
     return carry, None
 
 
@@ -286,48 +289,60 @@ def _compacting(
 
 def _step(
     setup: _Setup, work: Problem, carry: _Carry, k: int
-) -> tuple[_Carry, tuple[State, Tensor, Tensor, dict[str, Tensor]]]:
+) -> tuple[State, Tensor, Tensor, dict[str, Tensor]]:
     """Step ``k``: the solver's step, acceptance (finite, within the divergence bound), the
-    freeze of samples not accepted, the rule's verdict and the statuses. Returns the new carry
-    and the trace row ``(state, residual, accepted, rule values)``."""
+    freeze of samples not accepted, the rule's verdict and the statuses. Updates `carry` to
+    after the step (in place: nothing else holds it) and returns the trace row
+    ``(state, residual, accepted, rule values)``.
+
+    With host checks it reads how many samples still run after the step; when that is as many
+    as before, no sample stopped or was rejected (``accept`` is ``active`` and ``done`` is False
+    on it), so the statuses and the quarantine stay as they were without tensor work."""
     state, active = carry.state, carry.active
     new, spent, flagged = _solver_step(setup, work, carry)
     fevals, batch_fevals = _count(spent, active, carry.fevals, carry.batch_fevals)
     new_norm = batch_norm(_plain(new["z"]))
-    ok = _finite(new, new_norm, setup.has_energy)
-    quarantine = carry.quarantine
+    valid, quarantine = _valid(new, setup.has_energy), carry.quarantine
     if flagged is not None:
-        ok = ok & ~flagged
+        valid = valid & ~flagged
         quarantine = flagged if quarantine is None else quarantine | flagged
-    accept = active & ok & (new_norm <= carry.bound)
+    # new_norm <= limit: within the bound and finite (the limit is finite)
+    accept = active & valid & (new_norm <= carry.limit)
     residual = batch_norm(_plain(new["z"] - state["z"]))
-    relative = residual / (carry.z_norm + 1e-12)
-    if setup.host_checks and accept.device.type == "cpu" and bool(accept.all()):
-        kept, z_norm = new, new_norm  # nothing to freeze: skip the selects (a free read on CPU)
+    if (
+        setup.host_checks and carry.running == accept.shape[0] and accept.device.type == "cpu"
+        and bool(accept.all())
+    ):  # every sample ran and was accepted: nothing to freeze (a free read on CPU)
+        kept, z_norm = new, new_norm
     else:
         kept = _freeze(accept, new, state, setup.frozen)
         z_norm = torch.where(accept, new_norm, carry.z_norm)
     info = StepInfo(
-        k, kept["z"], carry.start, residual, relative, kept["energy"], state["energy"],
-        kept["grad_norm"], setup.readout,
+        k, kept["z"], carry.start, residual, None, kept["energy"], state["energy"],
+        kept["grad_norm"], setup.readout, previous_norm=carry.z_norm,
     )
     done, codes, new_rule_state = setup.stop.check(info, carry.rule_state)
     rule_state = _merge(accept, new_rule_state, carry.rule_state) if new_rule_state else (
         carry.rule_state
     )
-    # samples that stop now: the rule's code if their step was accepted, else why it was not
-    rejected = torch.where(ok, int(Status.DIVERGED), int(Status.NONFINITE))
-    stopped = torch.where(accept, done, active)
-    if setup.graph:  # rejected samples are evaluated at their last accepted iterate from now on
-        quarantine = _quarantine(setup, quarantine, active & ~accept)
-    status = torch.where(stopped, torch.where(accept, codes, rejected), carry.status)
-    row = (kept, torch.where(accept, residual, carry.nan), accept,
-           setup.stop.trace_values(rule_state))
-    return replace(
-        carry, state=kept, rule_state=rule_state, z_norm=z_norm, status=status,
-        active=accept & ~done, steps=carry.steps + accept, fevals=fevals, quarantine=quarantine,
-        batch_fevals=batch_fevals,
-    ), row
+    active_after = accept & ~done
+    running = int(active_after.count_nonzero()) if setup.host_checks else None
+    status = carry.status
+    if running is None or running != carry.running:
+        # samples that stop now: the rule's code if their step was accepted, else why it was not
+        rejected = torch.where(
+            valid & (new_norm < math.inf), int(Status.DIVERGED), int(Status.NONFINITE)
+        )
+        stopped = torch.where(accept, done, active)
+        status = torch.where(stopped, torch.where(accept, codes, rejected), status)
+        if setup.graph:  # rejected samples are evaluated at their last accepted iterate from now
+            quarantine = _quarantine(setup, quarantine, active & ~accept)
+    row = (kept, residual, accept, setup.stop.trace_values(rule_state))
+    carry.steps = carry.steps + accept
+    carry.state, carry.rule_state, carry.z_norm, carry.status = kept, rule_state, z_norm, status
+    carry.active, carry.running, carry.quarantine = active_after, running, quarantine
+    carry.fevals, carry.batch_fevals = fevals, batch_fevals
+    return row
 
 
 def _solver_step(
@@ -382,12 +397,12 @@ def _plain(x: Tensor) -> Tensor:
     return x.detach() if x.requires_grad else x
 
 
-def _finite(state: State, z_norm: Tensor, has_energy: bool) -> Tensor:
-    """``[B]``: the iterate (through its norm), ``||G||`` and the energy are all finite.
+def _valid(state: State, has_energy: bool) -> Tensor:
+    """``[B]``: ``||G||`` and the energy are finite (the iterate is checked through its norm).
 
     A norm is NaN or inf exactly when an entry is (or it overflows), and ``x < inf`` is False for
     both, so one comparison per norm does what `torch.isfinite` does in several kernels."""
-    ok = (z_norm < math.inf) & (_plain(state["grad_norm"]) < math.inf)
+    ok = _plain(state["grad_norm"]) < math.inf
     if has_energy:
         ok = ok & (_plain(state["energy"]).abs() < math.inf)
     return ok
@@ -409,6 +424,7 @@ class _Trace:
     def record(
         self, state: State, residual: Tensor, active: Tensor, extra: dict[str, Tensor]
     ) -> None:
+        """One row: ``residual`` as computed (`stacked` puts NaN where ``active`` is False)."""
         values = {
             "energy": state["energy"], "grad_norm": state["grad_norm"], "residual": residual,
             "active": active, **extra,
@@ -418,17 +434,22 @@ class _Trace:
                 terms = self.terms.per_term(state["z"].detach())
             values.update({f"term:{name}": value for name, value in terms.items()})
         for name, value in values.items():
-            self.rows.setdefault(name, []).append(value.detach())
+            self.rows.setdefault(name, []).append(_plain(value))
 
     def compact(self, keep: Tensor) -> None:
         """The working batch is cut to its rows ``keep`` from the next record on."""
         self.segments.append((len(self.rows["active"]), keep))
 
     def stacked(self) -> dict[str, Tensor]:
+        """``{name: [K+1, B]}``; ``residual`` is NaN where ``active`` is False (row 0, samples
+        whose step was rejected and samples that had stopped)."""
         if not self.segments:
-            return {name: torch.stack(rows) for name, rows in self.rows.items()}
-        stopped = {"residual": float("nan"), "active": False}
-        return {name: self._rebuild(rows, stopped.get(name)) for name, rows in self.rows.items()}
+            out = {name: torch.stack(rows) for name, rows in self.rows.items()}
+        else:
+            stopped = {"residual": float("nan"), "active": False}
+            out = {name: self._rebuild(rows, stopped.get(name)) for name, rows in self.rows.items()}
+        out["residual"] = torch.where(out["active"], out["residual"], float("nan"))
+        return out
 
     def _rebuild(self, records: list[Tensor], stopped: float | bool | None) -> Tensor:
         """``[K+1, B]`` from records whose width shrinks at each segment boundary; a sample

@@ -47,7 +47,7 @@ def in_transform() -> bool:
 
 def batch_norm(x: Tensor) -> Tensor:
     """Per-sample Euclidean norm over every non-batch dimension: ``[B, ...] -> [B]``."""
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+    return torch.linalg.vector_norm(x if x.dim() == 2 else x.reshape(x.shape[0], -1), dim=1)
 
 
 def row_view(values: Tensor, like: Tensor) -> Tensor:
@@ -324,7 +324,7 @@ class FixedPointProblem(Problem):
         if isinstance(self.f, torch.nn.Module) or any(a.requires_grad for a in self.args or ()):
             return True
         with torch.enable_grad():
-            fz = self.f(z0.detach()) if self.args is None else self.f(z0.detach(), *self.args)
+            fz = self._map(z0.detach())
         return bool(getattr(fz, "requires_grad", True))  # not a tensor: `evaluate` says so
 
     def restrict(self, rows: Tensor) -> FixedPointProblem:
@@ -335,8 +335,11 @@ class FixedPointProblem(Problem):
         return restricted
 
     def evaluate(self, z: Tensor) -> Evaluation:
-        with torch.set_grad_enabled(self.create_graph and torch.is_grad_enabled()):
-            fz = self.f(z) if self.args is None else self.f(z, *self.args)
+        if self.create_graph or not torch.is_grad_enabled():  # grad mode is as it should be
+            fz = self._map(z)
+        else:
+            with torch.no_grad():
+                fz = self._map(z)
         if not isinstance(fz, Tensor) or not fz.is_floating_point():
             got = f"a {fz.dtype} tensor" if isinstance(fz, Tensor) else type(fz).__name__
             raise TypeError(f"the map f must return a floating-point tensor like z, got {got}")
@@ -345,3 +348,7 @@ class FixedPointProblem(Problem):
                 f"the map f must return the shape of z {list(z.shape)}, got {list(fz.shape)}"
             )
         return Evaluation(optimality=z - fz, energy=None)
+
+    def _map(self, z: Tensor) -> Tensor:
+        """``f(z)``, or ``f(z, *args)``."""
+        return self.f(z) if self.args is None else self.f(z, *self.args)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
+import itertools
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
+
+from torch import nn
 
 T = TypeVar("T")
 
@@ -44,10 +48,9 @@ def check_options(
     target: Callable[..., Any], options: dict[str, Any], *, kind: str, name: str
 ) -> None:
     """Raise `UnknownOptionError` if `options` has a key that `target`'s signature lacks."""
-    params = inspect.signature(target).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    valid = _keywords(target)
+    if valid is None:
         return
-    valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     for key in options:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
@@ -56,6 +59,16 @@ def check_options(
                 f"unknown option {key!r} for {kind} {name!r}{hint} "
                 f"valid: {', '.join(sorted(valid)) or '(none)'}"
             )
+
+
+@functools.lru_cache(maxsize=512)
+def _keywords(target: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The names `target` accepts as keywords (None: any, it takes ``**kwargs``); read from its
+    signature once per target (`inspect.signature` costs more than a whole small solve)."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return tuple(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
 
 
 def check_fields(cls: type, values: dict[str, Any], *, kind: str) -> None:
@@ -77,6 +90,10 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._shared: dict[Hashable, Any] = {}
+        self.revision = 0
+        """Counts the registrations and removals, so that a cache of what names resolved to
+        (e.g. parsed specs) can tell when it is stale."""
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: register the decorated class or function under `name`."""
@@ -85,6 +102,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = component
+            self._changed()
             return component
 
         return decorate
@@ -93,7 +111,13 @@ class Registry(Generic[T]):
         """Remove and return the entry `name` (a temporary registration, e.g. in a test)."""
         component = self.get(name)
         del self._entries[name]
+        self._changed()
         return component
+
+    def _changed(self) -> None:
+        """An entry came or went: count it and drop the shared instances."""
+        self.revision += 1
+        self._shared.clear()
 
     def get(self, name: str, *, context: str | None = None) -> T:
         """Return the component registered as `name`, or raise `UnknownNameError`."""
@@ -109,6 +133,25 @@ class Registry(Generic[T]):
         component = self.get(name)
         check_options(component, options, kind=self.kind, name=name)
         return component(**options)  # type: ignore[operator]
+
+    def shared(self, name: str, /, **options: Any) -> Any:
+        """`build`, or the instance built before with the same name and options when that one
+        holds no parameters or buffers: components keep what a solve changes in explicit state
+        dicts, so one stateless instance serves every solve (and a solve does not pay for
+        constructing it). Options are told apart by type too (``1`` is not ``True``);
+        unhashable ones build anew each time."""
+        try:
+            key = (name, tuple(sorted((k, type(v), v) for k, v in options.items())))
+            instance = self._shared.get(key)
+        except TypeError:  # an unhashable option value
+            return self.build(name, **options)
+        if instance is None:
+            instance = self.build(name, **options)
+            if stateless(instance):
+                if len(self._shared) >= SHARED_LIMIT:
+                    self._shared.clear()
+                self._shared[key] = instance
+        return instance
 
     def names(self) -> list[str]:
         """The registered names, sorted."""
@@ -126,6 +169,17 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+SHARED_LIMIT = 256
+"""At most this many shared instances per cache (option values from a sweep stay bounded)."""
+
+
+def stateless(component: object) -> bool:
+    """Whether `component` holds no parameters or buffers (True for anything not a module)."""
+    if not isinstance(component, nn.Module):
+        return True
+    return next(itertools.chain(component.parameters(), component.buffers()), None) is None
 
 
 def import_modules(package: str, path: list[str]) -> list[str]:

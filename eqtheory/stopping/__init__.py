@@ -11,7 +11,7 @@ from eqtheory.stopping.base import AllRule, AnyRule, StepInfo, StopRule
 from eqtheory.stopping.energy import EnergyBelow
 from eqtheory.stopping.grad import GradNorm
 from eqtheory.stopping.halt import Halt, halting_distribution, ponder_regulariser
-from eqtheory.stopping.parse import parse, resolve
+from eqtheory.stopping.parse import parse, resolve, shared
 from eqtheory.stopping.plateau import Plateau
 from eqtheory.stopping.registry import STOPPING
 from eqtheory.stopping.residual import Residual
@@ -28,5 +28,5 @@ names = STOPPING.names
 __all__ = [
     "REGISTRY", "AdaptiveBudget", "AllRule", "AnyRule", "EnergyBelow", "GradNorm", "Halt",
     "Plateau", "Residual", "Stable", "StepInfo", "StopRule", "Steps", "get", "halting_distribution",
-    "names", "parse", "ponder_regulariser", "resolve",
+    "names", "parse", "ponder_regulariser", "resolve", "shared",
 ]

@@ -13,7 +13,6 @@ the left's status).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +22,10 @@ from eqtheory.status import Status
 RuleState = dict[str, Tensor]
 
 
-@dataclass
+def _identity(z: Tensor) -> Tensor:
+    return z
+
+
 class StepInfo:
     """What a stopping rule may read after ``step`` iterations (``step = 0`` is the start).
 
@@ -31,23 +33,42 @@ class StepInfo:
         step: loop iterations done so far.
         z: ``[B, *S]`` current iterate; ``z0``: ``[B, *S]`` the start.
         residual: ``[B]`` ``||z_k - z_{k-1}||`` (NaN at step 0).
-        relative_residual: ``[B]`` ``residual / (||z_{k-1}|| + 1e-12)``.
+        relative_residual: ``[B]`` ``residual / (||z_{k-1}|| + 1e-12)``: as given, or (given
+            None and ``previous_norm`` ``||z_{k-1}||``, as the loop does) computed on first
+            read, so that a solve whose rule does not read it does not compute it.
         energy: ``[B]`` energy at ``z`` (NaN for fixed-point problems); ``energy_prev`` the
             last one.
         grad_norm: ``[B]`` ``||G(z)||``, the optimality residual (gradient norm for energies).
         readout: maps ``z`` to logits ``[B, ..., V]``; identity when the caller gave none.
     """
 
-    step: int
-    z: Tensor
-    z0: Tensor
-    residual: Tensor
-    relative_residual: Tensor
-    energy: Tensor
-    energy_prev: Tensor
-    grad_norm: Tensor
-    readout: Callable[[Tensor], Tensor] = field(default=lambda z: z)
-    _logits: Tensor | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        step: int,
+        z: Tensor,
+        z0: Tensor,
+        residual: Tensor,
+        relative_residual: Tensor | None,
+        energy: Tensor,
+        energy_prev: Tensor,
+        grad_norm: Tensor,
+        readout: Callable[[Tensor], Tensor] = _identity,
+        *,
+        previous_norm: Tensor | None = None,
+    ) -> None:
+        if relative_residual is None and previous_norm is None:
+            raise ValueError("StepInfo needs relative_residual or previous_norm")
+        self.step, self.z, self.z0, self.residual = step, z, z0, residual
+        self.energy, self.energy_prev, self.grad_norm = energy, energy_prev, grad_norm
+        self.readout = readout
+        self._relative, self._previous_norm = relative_residual, previous_norm
+        self._logits: Tensor | None = None
+
+    @property
+    def relative_residual(self) -> Tensor:
+        if self._relative is None:
+            self._relative = self.residual / (self._previous_norm + 1e-12)
+        return self._relative
 
     def logits(self) -> Tensor:
         """``readout(z)``, computed once per step."""
@@ -131,6 +152,9 @@ class _Combined(StopRule):
         return {f"{i}.{k}": v for i, r in enumerate(self.rules) for k, v in r.init(info).items()}
 
     def _split(self, state: RuleState, i: int) -> RuleState:
+        """Part ``i``'s entries of the combined ``state``, without their prefix."""
+        if not state:  # no part keeps state (the common case: tolerances and budgets)
+            return {}
         prefix = f"{i}."
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -140,11 +164,12 @@ class _Combined(StopRule):
         results, new_state = [], {}
         for i, rule in enumerate(self.rules):
             if skip_idle and rule.idle(info):  # it cannot fire; its state carries over
-                new_state.update({f"{i}.{k}": v for k, v in self._split(state, i).items()})
-                continue
-            done, code, sub = rule.check(info, self._split(state, i))
-            results.append((done, code))
-            new_state.update({f"{i}.{k}": v for k, v in sub.items()})
+                sub = self._split(state, i)
+            else:
+                done, code, sub = rule.check(info, self._split(state, i))
+                results.append((done, code))
+            if sub:
+                new_state.update({f"{i}.{k}": v for k, v in sub.items()})
         return results, new_state
 
     @property
