@@ -13,6 +13,14 @@ Per iteration ``k`` and per sample ``i`` still active:
 
 The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_STEPS``).
 
+**Host path.** With a rule that may stop early, the loop reads after each step how many samples
+still run (one read per step). A step after which as many run as before stopped and rejected
+no sample, so it leaves the statuses as they were and only tallies the step and evaluation
+counters, which are added to the active samples when a sample next stops (`_Carry.settle`); a
+step in which every sample of the working batch ran and was accepted freezes nothing (on CPU,
+where asking is free). Per step the loop's own work is then three norms (the iterate, the step,
+``||G||`` in `eqtheory.solvers.observe`), the acceptance test, the rule and the read.
+
 **Budget path.** When the rule is a pure step budget (`StopRule.budget` set and
 `StopRule.stops_early` False: ``steps=K``, the setting of every training step), the loop takes
 exactly ``K`` steps and reads nothing back to the host: it does not ask whether any sample still
@@ -137,8 +145,18 @@ class _Carry:
     quarantine: Tensor | None  # graph mode: samples rejected so far (None: none)
     batch_fevals: int | Tensor  # over the working batch, all of it (a 0-d tensor once a
     # solver reports per-sample counts: summed on the device, read once at the end)
+    pending_steps: int = 0  # quiet steps not yet in `steps` and `fevals` (`settle`)
+    pending_fevals: int = 0  # the evaluations per active sample they spent
 
     PER_SAMPLE = ("z_norm", "limit", "start", "nan", "status", "active", "steps", "fevals")
+
+    def settle(self) -> None:
+        """Add the pending steps and evaluations to the counters of the active samples: they
+        were taken while no sample stopped or was rejected, so every active sample took them."""
+        if self.pending_steps:
+            self.steps = self.steps.add(self.active, alpha=self.pending_steps)
+            self.fevals = self.fevals.add(self.active, alpha=self.pending_fevals)
+            self.pending_steps = self.pending_fevals = 0
 
     def take(self, keep: Tensor) -> _Carry:
         """The samples ``keep`` (int64 ``[W']``) only; none of them was rejected."""
@@ -165,7 +183,7 @@ def iterate(
 
     With a pure step budget (``stop.budget()`` set and ``stop.stops_early`` False, e.g.
     ``steps=K``) it runs exactly that many steps and reads nothing back to the host; otherwise
-    it reads how many samples still run before each step, ends when none does, and compacts a
+    it reads how many samples still run after each step, ends when none does, and compacts a
     restrictable problem (`_compacting`).
 
     Returns:
@@ -257,8 +275,10 @@ def _drive(
             if carry.running == 0:
                 break
             if pause is not None and pause(carry.running, carry.active.shape[0]):
+                carry.settle()
                 return carry, k
         setup.trace.record(*_step(setup, work, carry, k))
+    carry.settle()
     return carry, None
 
 
@@ -296,11 +316,11 @@ def _step(
     ``(state, residual, accepted, rule values)``.
 
     With host checks it reads how many samples still run after the step; when that is as many
-    as before, no sample stopped or was rejected (``accept`` is ``active`` and ``done`` is False
-    on it), so the statuses and the quarantine stay as they were without tensor work."""
+    as before (a quiet step), no sample stopped or was rejected (``accept`` is ``active`` and
+    ``done`` is False on it), so the statuses and the quarantine stay as they were without
+    tensor work, and the counters only tally the step (`_add_counts`)."""
     state, active = carry.state, carry.active
     new, spent, flagged = _solver_step(setup, work, carry)
-    fevals, batch_fevals = _count(spent, active, carry.fevals, carry.batch_fevals)
     new_norm = batch_norm(_plain(new["z"]))
     valid, quarantine = _valid(new, setup.has_energy), carry.quarantine
     if flagged is not None:
@@ -327,22 +347,20 @@ def _step(
     )
     active_after = accept & ~done
     running = int(active_after.count_nonzero()) if setup.host_checks else None
-    status = carry.status
-    if running is None or running != carry.running:
+    quiet = running is not None and running == carry.running
+    _add_counts(carry, spent, accept, quiet)
+    if not quiet:
         # samples that stop now: the rule's code if their step was accepted, else why it was not
         rejected = torch.where(
             valid & (new_norm < math.inf), int(Status.DIVERGED), int(Status.NONFINITE)
         )
         stopped = torch.where(accept, done, active)
-        status = torch.where(stopped, torch.where(accept, codes, rejected), status)
+        carry.status = torch.where(stopped, torch.where(accept, codes, rejected), carry.status)
         if setup.graph:  # rejected samples are evaluated at their last accepted iterate from now
             quarantine = _quarantine(setup, quarantine, active & ~accept)
-    row = (kept, residual, accept, setup.stop.trace_values(rule_state))
-    carry.steps = carry.steps + accept
-    carry.state, carry.rule_state, carry.z_norm, carry.status = kept, rule_state, z_norm, status
+    carry.state, carry.rule_state, carry.z_norm = kept, rule_state, z_norm
     carry.active, carry.running, carry.quarantine = active_after, running, quarantine
-    carry.fevals, carry.batch_fevals = fevals, batch_fevals
-    return row
+    return kept, residual, accept, setup.stop.trace_values(rule_state)
 
 
 def _solver_step(
@@ -356,6 +374,22 @@ def _solver_step(
     guard = Guard(carry.state["z"].detach(), carry.quarantine, recheck=setup.host_checks)
     new, spent = setup.solver.step(work.guarded(guard), carry.state)
     return new, spent, guard.flagged
+
+
+def _add_counts(carry: _Carry, spent: Tensor | int, accept: Tensor, quiet: bool) -> None:
+    """Count a step that spent `spent` evaluations: a step for each accepted sample, the
+    evaluations for each sample active before it (``carry.active``). A quiet step that spent a
+    whole number is only tallied (`_Carry.pending_steps`, added in one go by `_Carry.settle`)."""
+    if quiet and isinstance(spent, int):
+        carry.pending_steps += 1
+        carry.pending_fevals += spent
+        carry.batch_fevals = carry.batch_fevals + spent * accept.shape[0]
+        return
+    carry.settle()
+    carry.fevals, carry.batch_fevals = _count(
+        spent, carry.active, carry.fevals, carry.batch_fevals
+    )
+    carry.steps = carry.steps + accept
 
 
 def _count(
