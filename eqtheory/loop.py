@@ -19,7 +19,7 @@ no sample, so it leaves the statuses as they were and only tallies the step and 
 counters, which are added to the active samples when a sample next stops (`_Carry.settle`); a
 step in which every sample of the working batch ran and was accepted freezes nothing (on CPU,
 where asking is free). Per step the loop's own work is then three norms (the iterate, the step,
-``||G||`` in `eqtheory.solvers.observe`), the acceptance test, the rule and the read.
+``||G||`` in `eqtheory.solvers.observe`), the acceptance test, the rule and the reads.
 
 **Budget path.** When the rule is a pure step budget (`StopRule.budget` set and
 `StopRule.stops_early` False: ``steps=K``, the setting of every training step), the loop takes
@@ -136,7 +136,6 @@ class _Carry:
     z_norm: Tensor
     limit: Tensor  # the divergence bound, at most the dtype's largest finite value
     start: Tensor  # [W, *S] the rule's z0
-    nan: Tensor
     status: Tensor
     active: Tensor
     running: int | None  # with host checks: how many samples are active (else None)
@@ -148,7 +147,7 @@ class _Carry:
     pending_steps: int = 0  # quiet steps not yet in `steps` and `fevals` (`settle`)
     pending_fevals: int = 0  # the evaluations per active sample they spent
 
-    PER_SAMPLE = ("z_norm", "limit", "start", "nan", "status", "active", "steps", "fevals")
+    PER_SAMPLE = ("z_norm", "limit", "start", "status", "active", "steps", "fevals")
 
     def settle(self) -> None:
         """Add the pending steps and evaluations to the counters of the active samples: they
@@ -248,7 +247,7 @@ def _start(setup: _Setup, problem: Problem, z0: Tensor, divergence: float) -> _C
     setup.trace.record(state, nan, active, setup.stop.trace_values(rule_state))
     return _Carry(
         state=state, rule_state=rule_state, z_norm=z_norm,
-        limit=bound.clamp(max=torch.finfo(bound.dtype).max), start=z0, nan=nan, status=status,
+        limit=bound.clamp(max=torch.finfo(bound.dtype).max), start=z0, status=status,
         active=active, running=int(active.count_nonzero()) if setup.host_checks else None,
         steps=torch.zeros(batch, dtype=torch.int64, device=device),
         fevals=torch.full((batch,), init_evals, dtype=torch.int64, device=device),
