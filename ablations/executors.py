@@ -202,7 +202,8 @@ def ensemble_width(choice: str, config: RunConfig, members: int) -> int:
 
 
 def claim_group(store: Store, hashes: list[str], ensemble: str) -> list[str]:
-    """Claim the oldest pending run among `hashes` and, with ``ensemble`` other than ``"1"``,
+    """Claim the first pending run in the order of `hashes` and, with ``ensemble`` other than
+    ``"1"``,
     pending runs that differ from it only in their seed, up to `ensemble_width`; ``[]`` when
     nothing is pending."""
     first = store.claim_next(hashes)

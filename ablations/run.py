@@ -633,6 +633,14 @@ def main(argv: Sequence[str] | None = None, *, train_fn: Callable[..., Any] | No
     return 0 if counts["failed"] == 0 else 1
 
 
+def longest_first(runs: list[tuple[str, RunConfig]]) -> list[str]:
+    """The runs' hashes, the largest estimated compute first (`ablations.validate.estimate`;
+    ties keep the plan's order, so a configuration's seeds stay together): parallel workers that
+    claim in this order do not end the sweep with one long run alone on the machine."""
+    cost = {config.hash(): validate.estimate(config).flops for _, config in runs}
+    return sorted(cost, key=lambda run_hash: -cost[run_hash])
+
+
 def sweep_runs(
     args: argparse.Namespace, sweep: Plan, train_fn: Callable[..., Any]
 ) -> tuple[list[Any], dict[str, int]]:
@@ -643,6 +651,8 @@ def sweep_runs(
 
     database = sweep.out / "results.sqlite"
     hashes = [config.hash() for _, config in sweep.runs]
+    if args.executor == "ray" or args.workers > 1:
+        hashes = longest_first(sweep.runs)
     labels = {config.hash(): label for label, config in sweep.runs}
     with Store(database) as store:
         for label, config in sweep.runs:

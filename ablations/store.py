@@ -315,16 +315,19 @@ class Store:
             return cursor.rowcount == 1
 
     def claim_next(self, hashes: list[str]) -> str | None:
-        """Claim the oldest pending run among `hashes`; None when there is none left."""
-        wanted = set(hashes)
+        """Claim the first pending run in the order of `hashes`; None when there is none left."""
+        order = {run_hash: i for i, run_hash in enumerate(hashes)}
         while True:
-            pending = [
-                r["hash"]
-                for r in self._db.execute(
-                    "SELECT hash FROM runs WHERE status = 'pending' ORDER BY rowid"
-                ).fetchall()
-                if r["hash"] in wanted
-            ]
+            pending = sorted(
+                (
+                    r["hash"]
+                    for r in self._db.execute(
+                        "SELECT hash FROM runs WHERE status = 'pending'"
+                    ).fetchall()
+                    if r["hash"] in order
+                ),
+                key=order.__getitem__,
+            )
             if not pending:
                 return None
             for run_hash in pending:

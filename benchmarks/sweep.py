@@ -189,22 +189,24 @@ def _accuracy(out: Path) -> dict[str, dict[str, float]]:
             for series, by in table.items()}
 
 
-GRID_JOBS = ("ensemble", "sequential")
+GRID_JOBS = ("ensemble", "sequential", "pool")
+"""The grid's jobs at this commit: ``--ensemble auto`` (with ``--workers N`` when N > 1), one run
+after another, and ``--workers N`` without ensembles."""
 
 
 def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
          seeds: str | None = None, workers: int = 1,
-         jobs_here: tuple[str, ...] = GRID_JOBS) -> dict[str, Any]:
-    """Time ``python -m ablations.run --preset <preset> [--seeds <seeds>]`` at this commit with
-    ``--ensemble auto`` (and ``--workers <workers>`` when above 1) and sequentially (the
-    `GRID_JOBS` named in ``jobs_here``), and, with ``baseline_commit``, sequentially at that
+         jobs_here: tuple[str, ...] = ("ensemble", "sequential")) -> dict[str, Any]:
+    """Time ``python -m ablations.run --preset <preset> [--seeds <seeds>]`` at this commit as
+    the `GRID_JOBS` named in ``jobs_here``, and, with ``baseline_commit``, sequentially at that
     commit (extracted with ``git archive`` under ``out``), one after another in this sitting;
     write ``out/grid.json`` with the wall times, load averages and accuracy tables (after every
     job). Speed-ups are against the first job."""
     root = Path(__file__).resolve().parent.parent
     out = out.resolve()  # the baseline commit's runner works in another directory
     parallel = ["--workers", str(workers)] if workers > 1 else []
-    known = {"ensemble": ["--ensemble", "auto", *parallel], "sequential": []}
+    known = {"ensemble": ["--ensemble", "auto", *parallel], "sequential": [],
+             "pool": ["--workers", str(workers)]}
     jobs = [(name, root, known[name]) for name in jobs_here]
     if baseline_commit is not None:
         source = out / f"src-{baseline_commit}"
@@ -259,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --grid: the runner's --seeds (default: the preset's)")
     parser.add_argument("--workers", type=int, default=1,
                         help="with --grid: the ensemble job's runner --workers (default: 1)")
-    parser.add_argument("--jobs", default=",".join(GRID_JOBS),
+    parser.add_argument("--jobs", default="ensemble,sequential",
                         help="with --grid: which jobs at this commit, comma-separated, from "
-                             f"{', '.join(GRID_JOBS)} (default: both; '' with --baseline-commit:"
-                             " only the baseline commit's)")
+                             f"{', '.join(GRID_JOBS)} (default: ensemble,sequential; '' with "
+                             "--baseline-commit: only the baseline commit's)")
     parser.add_argument("--quick", action="store_true", help="tiny step benchmark (seconds)")
     args = parser.parse_args(argv)
     jobs_here = tuple(name for name in args.jobs.split(",") if name)

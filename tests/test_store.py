@@ -127,3 +127,13 @@ def test_two_processes_never_claim_the_same_run(tmp_path: Path) -> None:
         assert {row.attempts for row in rows} == {1}
         owners = {row.metrics["by"] for row in rows}
     assert len(owners) == 2  # both processes claimed runs: the claims did interleave
+
+
+def test_claim_next_follows_the_order_it_is_given(tmp_path: Path) -> None:
+    runs = configs(4)
+    with Store(tmp_path / "r.sqlite") as store:
+        for config in runs:
+            store.add(config, label="baseline")
+        order = [runs[i].hash() for i in (2, 0, 3, 1)]
+        claimed = [store.claim_next(order) for _ in runs]
+        assert claimed == order and store.claim_next(order) is None
