@@ -91,9 +91,6 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._shared: dict[Hashable, Any] = {}
-        self.revision = 0
-        """Counts the registrations and removals, so that a cache of what names resolved to
-        (e.g. parsed specs) can tell when it is stale."""
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: register the decorated class or function under `name`."""
@@ -115,8 +112,7 @@ class Registry(Generic[T]):
         return component
 
     def _changed(self) -> None:
-        """An entry came or went: count it and drop the shared instances."""
-        self.revision += 1
+        """An entry came or went: drop the shared instances (a name may now build another)."""
         self._shared.clear()
 
     def get(self, name: str, *, context: str | None = None) -> T:
@@ -142,11 +138,18 @@ class Registry(Generic[T]):
         unhashable ones build anew each time."""
         try:
             key = (name, tuple(sorted((k, type(v), v) for k, v in options.items())))
-            instance = self._shared.get(key)
+            hash(key)
         except TypeError:  # an unhashable option value
             return self.build(name, **options)
+        return self.cached(key, lambda: self.build(name, **options))
+
+    def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The instance remembered under `key`, else ``build()``, remembered when it holds no
+        parameters or buffers (`stateless`); registering or removing a name forgets them all,
+        and at most `SHARED_LIMIT` are kept."""
+        instance = self._shared.get(key)
         if instance is None:
-            instance = self.build(name, **options)
+            instance = build()
             if stateless(instance):
                 if len(self._shared) >= SHARED_LIMIT:
                     self._shared.clear()

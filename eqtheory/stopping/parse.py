@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eqtheory.registry import SHARED_LIMIT, check_options, stateless
+from eqtheory.registry import check_options
 from eqtheory.spec import SpecError, Term, Tokens
 from eqtheory.stopping.base import StopRule
 from eqtheory.stopping.registry import STOPPING
@@ -67,22 +67,11 @@ def resolve(stop: str | StopRule) -> StopRule:
     raise TypeError(f"stop must be a spec string or a StopRule, got {type(stop).__name__}")
 
 
-_SHARED: dict[tuple[str, int], StopRule] = {}
-
-
 def shared(stop: str | StopRule) -> StopRule:
     """`resolve`, parsing each spec string once: rules keep what a solve changes in explicit
-    state dicts, so the rule parsed before from the same string serves every later solve (the
-    registry's `revision` tells when a name may resolve differently). A rule with parameters
-    (``halt``'s learned head) is parsed anew for each call."""
+    state dicts, so the rule parsed before from the same string serves every later solve
+    (`eqtheory.registry.Registry.cached` on the rules' registry, which forgets it when a rule
+    name comes or goes). A rule with parameters (``halt``'s learned head) is parsed anew."""
     if not isinstance(stop, str):
         return resolve(stop)
-    key = (stop, STOPPING.revision)
-    rule = _SHARED.get(key)
-    if rule is None:
-        rule = parse(stop)
-        if stateless(rule):
-            if len(_SHARED) >= SHARED_LIMIT:
-                _SHARED.clear()
-            _SHARED[key] = rule
-    return rule
+    return STOPPING.cached(("spec", stop), lambda: parse(stop))
