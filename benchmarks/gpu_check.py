@@ -13,12 +13,14 @@ it ends, so a kill leaves what was measured; their own files go under ``DIR/scra
 2. ``ensembles``: the same training step for a seed ensemble of the preset's 5 seeds
    (`eqtheory.model.ensemble.stack`) as wide as ``--ensemble auto`` makes it (fewer members
    where they would not fit), per label and T.
-3. ``sweep``: a 2-run sweep end to end (``python -m ablations.run --preset smoke --lengths 8``:
-   baseline + EqT, bf16 on CUDA), checked in its database.
-4. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
-5. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
+3. ``sweep``: a 4-run sweep end to end (``python -m ablations.run --preset smoke``: baseline +
+   EqT at L = 8 and 16, bf16 on CUDA), one run after another, checked in its database.
+4. ``packing``: the same sweep with ``--workers 4`` (four runs at once on the one device, each
+   in its own process), checked alike; its wall time against ``sweep``'s is the packing gain.
+5. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
+6. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
    compile time included, in a subprocess that the time guard can stop.
-6. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
+7. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
    subprocess that the time guard can stop.
 
 Then ``extrapolation``: the paper grid (9 lengths x 4 labels x 5 seeds, 3,200 steps) from the
@@ -55,13 +57,14 @@ import torch
 
 from benchmarks.common import machine, pin_threads
 
-SECTIONS = ("steps", "ensembles", "sweep", "tests", "compile", "scan")
+SECTIONS = ("steps", "ensembles", "sweep", "packing", "tests", "compile", "scan")
 LENGTHS, QUICK_LENGTHS = (8, 64, 256), (8, 16, 32)
 QUICK_SIZE = dict(layers=1, width=16, heads=2, batch_size=8, train_size=64, test_size=32,
                   eval_batch_size=32)
 WARMUP, REPEATS = 2, 5
 DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end within 8
-NEED_S = {"steps": 20, "ensembles": 20, "sweep": 60, "tests": 40, "compile": 150, "scan": 40}
+NEED_S = {"steps": 20, "ensembles": 20, "sweep": 60, "packing": 45, "tests": 40,
+          "compile": 150, "scan": 40}
 """Seconds a section needs at least; it is left out when less than this remains."""
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MIN = 60.0
@@ -257,11 +260,18 @@ def _subprocess(argv: list[str], guard: Guard, cap_s: float) -> dict[str, Any]:
             "tail": (done.stdout + done.stderr)[-3000:]}
 
 
-def section_sweep(check: Check, guard: Guard) -> dict[str, Any]:
-    """A 2-run sweep (smoke preset, L = 8: baseline + EqT) end to end, in its own process."""
-    out = check.scratch / "sweep"
-    argv = [sys.executable, "-m", "ablations.run", "--preset", "smoke", "--lengths", "8",
-            "--seeds", "0", "--device", check.device, "--out", str(out)]
+SWEEP_LENGTHS = (8, 16)
+PACKED_WORKERS = 4
+
+
+def section_sweep(check: Check, guard: Guard, *, workers: int = 1) -> dict[str, Any]:
+    """The smoke preset's sweep (baseline + EqT at `SWEEP_LENGTHS`) end to end, in its own
+    process; ``workers > 1``: that many runs at once on the one device (``--workers``)."""
+    name = "sweep" if workers == 1 else "packing"
+    out = check.scratch / name
+    argv = [sys.executable, "-m", "ablations.run", "--preset", "smoke", "--lengths",
+            ",".join(map(str, SWEEP_LENGTHS)), "--seeds", "0", "--device", check.device,
+            "--out", str(out), "--workers", str(workers)]
     argv += ["--set", "train_steps=20"] if check.quick else ["--set", "amp=true"]
     result = _subprocess(argv, guard, cap_s=300)
     rows = []
@@ -272,11 +282,16 @@ def section_sweep(check: Check, guard: Guard) -> dict[str, Any]:
                 "SELECT label, status, device, timings FROM runs ORDER BY label")]
         finally:
             db.close()
-    result["runs"] = rows
-    if result["rc"] != 0 or len(rows) != 2 or {r["status"] for r in rows} != {"done"}:
-        check.failures.append(f"sweep: rc {result['rc']}, runs {[r['status'] for r in rows]}")
+    result.update(runs=rows, workers=workers, lengths=list(SWEEP_LENGTHS))
+    expected = 2 * len(SWEEP_LENGTHS)
+    if result["rc"] != 0 or len(rows) != expected or {r["status"] for r in rows} != {"done"}:
+        check.failures.append(f"{name}: rc {result['rc']}, runs {[r['status'] for r in rows]}"
+                              f" (expected {expected} done)")
     if not (out / "report.md").exists():
-        check.failures.append("sweep: no report.md")
+        check.failures.append(f"{name}: no report.md")
+    sequential = check.results.get("sweep", {}).get("wall_s")
+    if workers > 1 and sequential:
+        result["speedup_vs_sweep"] = sequential / result["wall_s"]
     return result
 
 
@@ -438,7 +453,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [f"| **total** | **{grid['sequential_min']:.1f}** | "
                   f"**{_num(grid['ensembles_min'], '.1f')}** |", "",
                   f"Target: under {TARGET_MIN:.0f} min.", ""]
-    for name in ("sweep", "tests", "compile", *(n for n in ("steps", "ensembles", "scan")
+    for name in ("sweep", "packing", "tests", "compile", *(n for n in ("steps", "ensembles", "scan")
                                                  if "error" in payload.get(n, {}))):
         part = payload.get(name)
         if part:
@@ -497,6 +512,7 @@ def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
         "steps": lambda: section_steps(check, guard, ensembles=False),
         "ensembles": lambda: section_steps(check, guard, ensembles=True),
         "sweep": lambda: section_sweep(check, guard),
+        "packing": lambda: section_sweep(check, guard, workers=PACKED_WORKERS),
         "tests": lambda: section_tests(check, guard),
         "compile": lambda: section_compile(check, guard),
         "scan": lambda: section_scan(check, guard),

@@ -75,6 +75,18 @@ def test_a_step_budget_solve_reads_nothing_back_whatever_k(solver, graph):
     assert counts == {1: [], 8: []}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("solver", BUDGET_SOLVERS)
+def test_on_cuda_a_step_budget_solve_reads_nothing_back(solver):
+    """The same on CUDA, where the driver's sync-debug mode also counts syncs made in C++."""
+    weight = torch.nn.Parameter(torch.tensor(2.0, device="cuda"))
+    z0 = torch.randn(5, 3, device="cuda")
+    eqt.minimize(_energy(weight), z0, solver=solver, stop="steps=2")  # warm-up: lazy inits
+    with count_syncs() as syncs:
+        solution = eqt.minimize(_energy(weight), z0, solver=solver, stop="steps=8")
+    assert syncs.sites == [] and solution.z.is_cuda
+
+
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 def test_a_step_budget_fixed_point_with_args_reads_nothing_back(solver):
     """Per-sample args would let the loop compact the batch; a budget runs the full batch."""

@@ -70,9 +70,14 @@ def _check_measured(payload: dict) -> None:
     assert grid["complete"] and grid["runs"] == 180 and grid["train_steps"] == 3200
     assert grid["sequential_min"] > 0 and grid["ensembles_min"] > 0
     assert {r["label"] for r in grid["labels"]} == LABELS
-    sweep = payload["sweep"]
-    assert sweep["rc"] == 0 and sorted(r["label"] for r in sweep["runs"]) == ["baseline", "eqt"]
-    assert {r["status"] for r in sweep["runs"]} == {"done"}
+    _check_sweep(payload["sweep"], workers=1)
+
+
+def _check_sweep(sweep: dict, *, workers: int) -> None:
+    """Baseline and EqT at each of the sweep's lengths, all done, with `workers` workers."""
+    labels = sorted(["baseline", "eqt"] * len(gpu_check.SWEEP_LENGTHS))
+    assert sweep["rc"] == 0 and sorted(r["label"] for r in sweep["runs"]) == labels
+    assert {r["status"] for r in sweep["runs"]} == {"done"} and sweep["workers"] == workers
 
 
 def test_quick_cpu_pipeline_measures_extrapolates_and_runs_a_sweep(tmp_path: Path) -> None:
@@ -97,6 +102,8 @@ def test_whole_quick_cpu_pipeline(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "gpu_check.json").read_text())
     assert payload["failures"] == [] and payload["left_out"] == [] and code == 0
     _check_measured(payload)
+    _check_sweep(payload["packing"], workers=gpu_check.PACKED_WORKERS)
+    assert payload["packing"]["speedup_vs_sweep"] > 0
     assert payload["tests"]["rc"] == 0 and "skipped" in payload["tests"]["summary"]
     timings = payload["compile"]["timings"]
     assert timings["eager"]["step_s"] > 0 and timings["compiled"]["step_s"] > 0

@@ -27,19 +27,19 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("members", [1, 3])
-@pytest.mark.parametrize("label", sorted(SPECS))
-def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
+def _no_sync_steps(label: str, members: int, device: torch.device) -> None:
+    """Two training steps of `label` (``members`` stacked seeds) on `device`, each with no
+    host synchronisation; on CUDA the driver's sync-debug mode counts the ones made in C++."""
     spec = SPECS[label]
     models = []
     for seed in range(members):
         torch.manual_seed(seed)
-        models.append(build(spec, vocab=2, width=16, layers=2, heads=2, max_len=8))
+        models.append(build(spec, vocab=2, width=16, layers=2, heads=2, max_len=8).to(device))
     model = models[0] if members == 1 else stack(models)
-    optimizer = make_optimizer(model, SMALL, device=torch.device("cpu"), members=members)
-    inputs = torch.randint(0, 2, (members, 4, 8))  # (M, B, T)
+    optimizer = make_optimizer(model, SMALL, device=device, members=members)
+    inputs = torch.randint(0, 2, (members, 4, 8), device=device)  # (M, B, T)
     targets = inputs.cumsum(dim=2) % 2
-    scored = torch.arange(8) == 7  # parity_final: one scored position
+    scored = torch.arange(8, device=device) == 7  # parity_final: one scored position
     with_energy = spec.kind == "eqt"
     mask = random_mask(inputs.flatten(0, 1), MASK_RATE) if with_energy else None
     context = {} if mask is None else {"mask": mask}
@@ -53,6 +53,19 @@ def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
         assert syncs.sites == [], f"step {step}: {syncs.sites}"
     assert loss.shape == nll.shape == (members,) and keep.shape == (members, 4)
     assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("label", sorted(SPECS))
+def test_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
+    _no_sync_steps(label, members, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("label", sorted(SPECS))
+def test_on_cuda_a_training_step_with_a_step_budget_makes_no_host_sync(label, members):
+    _no_sync_steps(label, members, torch.device("cuda"))
 
 
 @pytest.mark.parametrize("members", [1, 3])
