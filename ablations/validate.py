@@ -18,10 +18,13 @@ The estimates are deliberately simple: a block of width ``d`` has ``12 d^2`` par
 energy's parameters and buffers are counted on the meta device (`energy_numel`) and an
 evaluation costs ``4 M + d`` FLOPs per token as in `ablations.flops`; a stopping rule without a
 step cap runs to the loop's ``DEFAULT_MAX_STEPS``; a solver's ``memory`` option (Anderson,
-Broyden) keeps that many past iterates; attention scores are counted as stored (``T^2`` per
-head), which overestimates fused attention. The estimates of the presets: smoke 4.5e11 FLOPs,
-2.5e4 passes; cpu 2.8e13, 1.3e5; paper 4.3e17, 1.3e7, 33 GiB for its largest run (under the
-caps; its length 512 would not be); recurrence 4.3e12, 3e4. Long values echo once in messages,
+Broyden) keeps that many past iterates; a block stores ``20 d`` activations per token (2 bytes
+each under ``amp``, else 4: Korthikanti et al.'s ``34 d`` bytes in 16 bits, raised to cover
+the peaks measured by `benchmarks.gpu_check` on an H200) and no attention scores (the
+backbone's ``scaled_dot_product_attention`` is fused), plus ``WORKSPACE_BYTES`` for the
+libraries' workspaces. The
+estimates of the presets: smoke 4.5e11 FLOPs, 2.5e4 passes; cpu 2.8e13, 1.3e5; paper 4.3e17,
+1.3e7, 7.2 GiB for its largest run; recurrence 4.3e12, 3e4. Long values echo once in messages,
 cut to ``ECHO_CHARS`` characters.
 """
 
@@ -50,6 +53,8 @@ MAX_RUNS = 10_000
 MAX_PASSES = 1e8
 MAX_FLOPS = 1e19
 MAX_RUN_BYTES = 64 * 2**30
+WORKSPACE_BYTES = 2**28
+"""Bytes a run holds beside its tensors (cuBLAS / cuDNN workspaces, allocator slack): 256 MiB."""
 MAX_THREADS = 256
 SECONDS_PER_PASS = 1e-3  # a rough CPU figure, only for the message
 FLOP_RATE = 1e14  # a rough large-GPU figure, only for the message
@@ -218,16 +223,16 @@ def estimate(config: RunConfig) -> Cost:
             passes += batches * (layers + evals)
     longest = test_lengths[-1]
     params = layers * block_params + (longest + 4) * d + erms * energy
-    floats_per_token = 34 * d + 5 * heads * length  # per layer, training (Korthikanti et al.)
-    train_bytes = 4 * config.batch_size * length * (
-        layers * floats_per_token + (train_evals + 2 * erms * history) * 16 * d
+    half = 2 if config.amp else 4  # bytes per activation: bf16 autocast, else float32
+    train_bytes = config.batch_size * length * (
+        layers * 20 * d * half + 4 * (train_evals + 2 * erms * history) * 16 * d
     )
-    eval_bytes = 4 * eval_batch * longest * (
-        16 * d + 2 * heads * longest + (worst_k > 0) * (1 + 2 * erms * history) * 16 * d
+    eval_bytes = eval_batch * longest * (
+        16 * d * half + 4 * (worst_k > 0) * (1 + 2 * erms * history) * 16 * d
     )
     train_rows = 0 if config.fresh_sampling else config.train_size
     data_bytes = 16 * (train_rows * length + config.test_size * sum(test_lengths))
-    peak = 16 * params + max(train_bytes, eval_bytes) + data_bytes
+    peak = 16 * params + max(train_bytes, eval_bytes) + data_bytes + WORKSPACE_BYTES
     return Cost(flops=float(flops), passes=float(passes), peak_bytes=float(peak))
 
 

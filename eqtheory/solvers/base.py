@@ -77,8 +77,13 @@ def write_slot(buffer: Tensor, dim: int, slot: int, value: Tensor) -> Tensor:
     inside a `torch.func` transform, where ``requires_grad`` cannot tell).
     """
     if buffer.requires_grad or value.requires_grad or in_transform():
-        index = torch.tensor([slot], device=buffer.device)
-        return buffer.index_copy(dim, index, value.unsqueeze(dim))
+        # a one-hot mask made on the device: an index tensor built from ``slot`` would be a
+        # host-to-device copy, a sync on CUDA (`select_scatter` has none, but its gradient under
+        # vmap came out wrong with torch 2.13: tests/test_core_syncs.py's vmap test)
+        shape = [1] * buffer.dim()
+        shape[dim] = buffer.shape[dim]
+        here = (torch.arange(buffer.shape[dim], device=buffer.device) == slot).view(shape)
+        return torch.where(here, value.unsqueeze(dim), buffer)
     buffer.select(dim, slot).copy_(value)
     return buffer
 
