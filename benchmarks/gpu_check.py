@@ -13,20 +13,24 @@ it ends, so a kill leaves what was measured; their own files go under ``DIR/scra
 2. ``ensembles``: the same training step for a seed ensemble of the preset's 5 seeds
    (`eqtheory.model.ensemble.stack`) as wide as ``--ensemble auto`` makes it (fewer members
    where they would not fit), per label and T.
-3. ``sweep``: a 4-run sweep end to end (``python -m ablations.run --preset smoke``: baseline +
+3. ``concurrency``: `PROCESSES` processes, each training the ``ensembles`` section's seed
+   ensemble (fewer members where they would not all fit), timed at the same moment, cell by
+   cell: the gain of running several ensembles at once (``--ensemble auto --workers 4``).
+4. ``sweep``: a 4-run sweep end to end (``python -m ablations.run --preset smoke``: baseline +
    EqT at L = 8 and 16, bf16 on CUDA), one run after another, checked in its database.
-4. ``packing``: the same sweep with ``--workers 4`` (four runs at once on the one device, each
+5. ``packing``: the same sweep with ``--workers 4`` (four runs at once on the one device, each
    in its own process), checked alike; its wall time against ``sweep``'s is the packing gain.
-5. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
-6. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
+6. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
+7. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
    compile time included, in a subprocess that the time guard can stop.
-7. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
+8. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
    subprocess that the time guard can stop.
 
 Then ``extrapolation``: the paper grid (9 lengths x 4 labels x 5 seeds, 3,200 steps) from the
 measured steps, linear in T between (and beyond) the measured lengths: per run
-``setup + steps x step + eval``, one run after another; and with seed ensembles (one
-ensemble step for the 5 seeds, each seed evaluated alone).
+``setup + steps x step + eval``, one run after another; with seed ensembles (one ensemble step
+for the 5 seeds, each seed evaluated alone); and with `PROCESSES` ensembles at once (the
+ensemble figure times the measured slowdown, divided by `PROCESSES`).
 
 It fails loudly: ``--device cuda`` (the default) without a visible GPU exits 2 before anything
 runs. A global time guard (``--budget-s``) starts no section (or no step of one) that would
@@ -51,19 +55,22 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
 
 from benchmarks.common import machine, pin_threads
 
-SECTIONS = ("steps", "ensembles", "sweep", "packing", "tests", "compile", "scan")
+SECTIONS = ("steps", "ensembles", "concurrency", "sweep", "packing", "tests", "compile",
+            "scan")
 LENGTHS, QUICK_LENGTHS = (8, 64, 256), (8, 16, 32)
 QUICK_SIZE = dict(layers=1, width=16, heads=2, batch_size=8, train_size=64, test_size=32,
                   eval_batch_size=32)
 WARMUP, REPEATS = 2, 5
 DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end within 8
-NEED_S = {"steps": 20, "ensembles": 20, "sweep": 60, "packing": 45, "tests": 40,
+NEED_S = {"steps": 20, "ensembles": 20, "concurrency": 60, "sweep": 60, "packing": 45,
+          "tests": 40,
           "compile": 150, "scan": 40}
 """Seconds a section needs at least; it is left out when less than this remains."""
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,9 +141,11 @@ def _autocast(config, device: torch.device) -> contextlib.AbstractContextManager
 
 
 def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool = True,
-             compile_backend: str | None = None) -> dict[str, Any]:
+             compile_backend: str | None = None, repeats: int = REPEATS,
+             before_timing: Callable[[], None] | None = None) -> dict[str, Any]:
     """Setup, training step and (``evaluate``) one evaluation of `config` on `device`, as
-    `ablations.train` runs them; ``members > 1``: a stacked seed ensemble's step."""
+    `ablations.train` runs them; ``members > 1``: a stacked seed ensemble's step, timed over
+    `repeats` steps; `before_timing` runs between the warm-up and the timed steps."""
     from ablations import tasks
     from ablations.evaluate import evaluate_all
     from ablations.train import make_optimizer, training_step
@@ -182,12 +191,14 @@ def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool =
         step()
     _sync(device)
     first_s = time.perf_counter() - started
+    if before_timing is not None:
+        before_timing()
     started = time.perf_counter()
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         step()
     _sync(device)
     result = {"setup_s": setup_s, "warmup_s": first_s,
-              "step_s": (time.perf_counter() - started) / REPEATS,
+              "step_s": (time.perf_counter() - started) / repeats,
               "params": sum(p.numel() for p in models[0].parameters())}
     if evaluate:
         started = time.perf_counter()
@@ -244,6 +255,111 @@ def section_steps(check: Check, guard: Guard, *, ensembles: bool) -> dict[str, A
         check.left_out.append(f"{name} (time guard): " + ", ".join(cut))
     return {"rows": rows, "batch": config.batch_size, "width": config.width,
             "amp": config.amp, "warmup": WARMUP, "repeats": REPEATS}
+
+
+PROCESSES = 4
+"""Processes of the ``concurrency`` section: what ``--ensemble auto --workers 4`` runs at once."""
+CONCURRENT_REPEATS = 10
+MEMORY_SHARE = 0.8
+"""Of the device's memory, what the concurrent ensembles may take together (measured peaks)."""
+
+
+def _concurrent_worker(device: str, quick: bool, cells: list[tuple[str, Any, int]],
+                       barrier: Any, queue: Any) -> None:
+    """One of `PROCESSES` processes of `section_concurrency`: for each ``(label, config,
+    members)`` cell, the ensemble's step timed while the others time theirs (a barrier before
+    and after the timed steps); puts ``(index, step_s)`` or ``(index, error)`` on `queue`."""
+    import threading
+
+    if device == "cpu":
+        pin_threads(1)
+    wait = lambda: barrier.wait(timeout=120)  # noqa: E731  (a dead peer must not hang us)
+    for index, (_, config, members) in enumerate(cells):
+        try:
+            timed = time_run(config, torch.device(device), members=members, evaluate=False,
+                             repeats=CONCURRENT_REPEATS, before_timing=wait)
+            queue.put((index, timed["step_s"]))
+            wait()
+        except threading.BrokenBarrierError:
+            queue.put((index, "a peer process failed"))
+        except Exception as error:  # noqa: BLE001  (reported by the parent, peers released)
+            barrier.abort()
+            queue.put((index, f"{type(error).__name__}: {error}"[:300]))
+        if device == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def section_concurrency(check: Check, guard: Guard) -> dict[str, Any]:
+    """`PROCESSES` processes, each training the same seed ensemble as the ``ensembles`` section
+    (members capped so that all of them fit in `MEMORY_SHARE` of the device by the peaks it
+    measured), timed at once, cell by cell: how much the device gains from running several
+    ensembles side by side (``--ensemble auto --workers N``) when one cannot fill it.
+
+    Per cell: ``slowdown`` = packed step per member / alone step per member (where the cap
+    took members, the alone step is assumed linear in them), ``gain`` = processes / slowdown
+    (the throughput of the processes together over one ensemble's alone)."""
+    import multiprocessing
+
+    alone = {(r["label"], r["T"]): r for r in check.results.get("ensembles", {}).get("rows", [])}
+    if not alone:
+        raise RuntimeError("needs the ensembles section's rows (run it first)")
+    lengths = QUICK_LENGTHS if check.quick else LENGTHS
+    total = torch.cuda.mem_get_info()[1] / 2**30 if check.device == "cuda" else None
+    cells = []
+    for label, config in plan_configs(check.device, check.quick, lengths, check.scratch):
+        row = alone.get((label, config.length))
+        if row is None:
+            continue
+        members = row["members"]
+        if total is not None and row.get("peak_gib"):
+            fits = int(MEMORY_SHARE * total / (PROCESSES * row["peak_gib"] / members))
+            members = max(1, min(members, fits))
+        cells.append((label, config, members))
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(PROCESSES), context.Queue()
+    workers = [context.Process(target=_concurrent_worker, daemon=True,
+                               args=(check.device, check.quick, cells, barrier, queue))
+               for _ in range(PROCESSES)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    timings: dict[int, list[float]] = {}
+    errors: dict[int, str] = {}
+    received, expected = 0, PROCESSES * len(cells)
+    while received < expected and guard.left() > 10:
+        try:
+            index, value = queue.get(timeout=1)
+        except Empty:
+            if not any(worker.is_alive() for worker in workers):
+                break
+            continue
+        received += 1
+        if isinstance(value, str):
+            errors.setdefault(index, value)
+        else:
+            timings.setdefault(index, []).append(value)
+    for worker in workers:
+        worker.join(timeout=5)
+        if worker.is_alive():
+            worker.kill()
+    rows = []
+    for index, (label, config, members) in enumerate(cells):
+        key, steps = (label, config.length), timings.get(index, [])
+        if index in errors or len(steps) < PROCESSES:
+            check.failures.append(f"concurrency: {label} T={config.length}: "
+                                  f"{errors.get(index, 'not measured (time guard)')}")
+            continue
+        single = alone[key]
+        step_s = sum(steps) / len(steps)
+        # per member: where the cap took members, the alone step is taken as linear in them
+        slowdown = (step_s / members) / (single["step_s"] / single["members"])
+        rows.append({"label": label, "T": config.length, "members": members,
+                     "alone_members": single["members"], "processes": PROCESSES,
+                     "step_s": step_s, "alone_step_s": single["step_s"], "slowdown": slowdown,
+                     "gain": PROCESSES / slowdown})
+    return {"rows": rows, "processes": PROCESSES, "repeats": CONCURRENT_REPEATS,
+            "wall_s": time.perf_counter() - started}
 
 
 def _subprocess(argv: list[str], guard: Guard, cap_s: float) -> dict[str, Any]:
@@ -376,14 +492,19 @@ def _at(length: int, points: list[tuple[int, float]]) -> float:
     return max(0.0, v0 + (v1 - v0) * (length - t0) / (t1 - t0))
 
 
-def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict[str, Any]:
+def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
+                concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
     """The paper grid's wall time on this device from the measured cells (see the module
-    docstring); minutes, per label and in total, sequential and with seed ensembles.
+    docstring); minutes, per label and in total: sequential, with seed ensembles, and with
+    `PROCESSES` seed ensembles at once.
 
     A run costs ``setup + train_steps x step + eval`` (checkpoints and process start are not
     counted). With ensembles, a seed's training costs its share of the measured ensemble step
     (``step / members``, at the width ``--ensemble auto`` takes), so 5 seeds at width 2 count
-    as 2.5 ensemble steps where three groups (2, 2, 1) take 2 + one single step."""
+    as 2.5 ensemble steps where three groups (2, 2, 1) take 2 + one single step. Packed, every
+    part of a seed's cost is multiplied by the slowdown the ``concurrency`` section measured for
+    its label (linear in T) and the sum divided by the number of processes: the device is
+    assumed busy with that many ensembles throughout (no tail where fewer are left)."""
     from ablations import presets
 
     paper = presets.get("paper")
@@ -394,7 +515,11 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict
     joint = {}  # per label: (T, seconds per member per step) of the measured ensembles
     for row in (ensembles or {}).get("rows", []):
         joint.setdefault(row["label"], []).append((row["T"], row["step_s"] / row["members"]))
-    labels, total, total_joint = [], 0.0, 0.0
+    slowdown = {}  # per label: (T, packed step / alone step) at equal members
+    for row in (concurrency or {}).get("rows", []):
+        slowdown.setdefault(row["label"], []).append((row["T"], row["slowdown"]))
+    processes = (concurrency or {}).get("processes", PROCESSES)
+    labels, total, total_joint, total_packed = [], 0.0, 0.0, 0.0
     for label, rows in single.items():
         def fit(key: str, rows=rows) -> Callable[[int], float]:
             return lambda length: _at(length, [(r["T"], r[key]) for r in rows])
@@ -402,17 +527,27 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None) -> dict
         setup, step, evaluate = fit("setup_s"), fit("step_s"), fit("eval_s")
         alone = sum(seeds * (setup(t) + train_steps * step(t) + evaluate(t))
                     for t in paper.lengths)
-        together = None
+        together = packed = None
         if label in joint:
-            together = sum(seeds * (setup(t) + evaluate(t) + train_steps * _at(t, joint[label]))
-                           for t in paper.lengths)
+            per_length = {t: seeds * (setup(t) + evaluate(t) + train_steps * _at(t, joint[label]))
+                          for t in paper.lengths}
+            together = sum(per_length.values())
             total_joint += together
+            if label in slowdown:
+                points = slowdown[label]  # a ratio: held flat beyond the measured lengths
+                low, high = min(points)[0], max(points)[0]
+                packed = sum(cost * _at(min(max(t, low), high), points)
+                             for t, cost in per_length.items()) / processes
+                total_packed += packed
         total += alone
         labels.append({"label": label, "sequential_min": alone / 60,
-                       "ensembles_min": None if together is None else together / 60})
+                       "ensembles_min": None if together is None else together / 60,
+                       "packed_min": None if packed is None else packed / 60})
     complete = len(single) == 4 and all(len(rows) >= 2 for rows in single.values())
     return {"labels": labels, "sequential_min": total / 60,
             "ensembles_min": total_joint / 60 if len(joint) == len(single) else None,
+            "packed_min": total_packed / 60 if len(slowdown) == len(single) else None,
+            "processes": processes,
             "runs": seeds * len(paper.lengths) * len(single), "train_steps": train_steps,
             "lengths": list(paper.lengths), "complete": complete}
 
@@ -440,21 +575,40 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"{r['setup_s']:.2f} | {1e3 * r['step_s']:.1f} | "
                 f"{_num(r.get('eval_s'), '.2f')} | {_num(r.get('peak_gib'), '.2f')} |")
         lines.append("")
+    part = payload.get("concurrency")
+    if part and "rows" in part:
+        lines += ["## concurrency", "", f"{part['processes']} processes, each timing the same "
+                  f"seed ensemble's step over {part['repeats']} steps at the same moment; "
+                  "alone: the ensembles section's step; gain: processes / slowdown.", "",
+                  "| label | T | members | packed step ms | alone: members | alone step ms "
+                  "| slowdown per member | gain |", "|---|---|---|---|---|---|---|---|"]
+        for r in part["rows"]:
+            lines.append(f"| {r['label']} | {r['T']} | {r['members']} | "
+                         f"{1e3 * r['step_s']:.1f} | {r['alone_members']} | "
+                         f"{1e3 * r['alone_step_s']:.1f} | {r['slowdown']:.2f} | "
+                         f"{r['gain']:.2f} |")
+        lines.append("")
     grid = payload.get("extrapolation")
     if grid:
         missing = "" if grid["complete"] else " INCOMPLETE: cells are missing."
+        packed = f"{grid.get('processes', PROCESSES)} ensembles at once min"
         lines += ["## paper grid, extrapolated", "", f"{grid['runs']} runs x "
                   f"{grid['train_steps']} steps, lengths {grid['lengths']}; minutes on this "
-                  f"device, one run (or one seed ensemble) at a time.{missing}",
-                  "", "| label | sequential min | seed ensembles min |", "|---|---|---|"]
+                  f"device: one run at a time, one seed ensemble at a time, and several seed "
+                  f"ensembles at once.{missing}", "",
+                  f"| label | sequential min | seed ensembles min | {packed} |",
+                  "|---|---|---|---|"]
         for r in grid["labels"]:
             lines.append(f"| {r['label']} | {r['sequential_min']:.1f} | "
-                         f"{_num(r['ensembles_min'], '.1f')} |")
+                         f"{_num(r['ensembles_min'], '.1f')} | "
+                         f"{_num(r.get('packed_min'), '.1f')} |")
         lines += [f"| **total** | **{grid['sequential_min']:.1f}** | "
-                  f"**{_num(grid['ensembles_min'], '.1f')}** |", "",
+                  f"**{_num(grid['ensembles_min'], '.1f')}** | "
+                  f"**{_num(grid.get('packed_min'), '.1f')}** |", "",
                   f"Target: under {TARGET_MIN:.0f} min.", ""]
-    for name in ("sweep", "packing", "tests", "compile", *(n for n in ("steps", "ensembles", "scan")
-                                                 if "error" in payload.get(n, {}))):
+    measured = ("steps", "ensembles", "concurrency", "scan")  # their own tables, or an error
+    for name in ("sweep", "packing", "tests", "compile",
+                 *(n for n in measured if "error" in payload.get(n, {}))):
         part = payload.get(name)
         if part:
             shown = {k: v for k, v in part.items() if k != "tail"}
@@ -511,6 +665,7 @@ def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "steps": lambda: section_steps(check, guard, ensembles=False),
         "ensembles": lambda: section_steps(check, guard, ensembles=True),
+        "concurrency": lambda: section_concurrency(check, guard),
         "sweep": lambda: section_sweep(check, guard),
         "packing": lambda: section_sweep(check, guard, workers=PACKED_WORKERS),
         "tests": lambda: section_tests(check, guard),
@@ -530,9 +685,11 @@ def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
         except Exception as error:  # noqa: BLE001  (a section's failure is reported, not fatal)
             check.failures.append(f"{name}: {type(error).__name__}: {error}"[:400])
             check.results[name] = {"error": "".join(traceback.format_exception(error)[-8:])}
-        if name in ("steps", "ensembles") and "rows" in check.results.get("steps", {}):
+        if name in ("steps", "ensembles", "concurrency") and "rows" in check.results.get(
+                "steps", {}):
             check.results["extrapolation"] = extrapolate(
-                check.results["steps"], check.results.get("ensembles"))
+                check.results["steps"], check.results.get("ensembles"),
+                check.results.get("concurrency"))
         check.write(guard)
     check.write(guard)
     print(markdown(json.loads((check.out / "gpu_check.json").read_text())), flush=True)

@@ -102,6 +102,11 @@ def test_whole_quick_cpu_pipeline(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "gpu_check.json").read_text())
     assert payload["failures"] == [] and payload["left_out"] == [] and code == 0
     _check_measured(payload)
+    rows = payload["concurrency"]["rows"]
+    assert {(r["label"], r["T"]) for r in rows} == {(label, t) for label in LABELS
+                                                    for t in gpu_check.QUICK_LENGTHS}
+    assert all(r["slowdown"] > 0 and r["processes"] == gpu_check.PROCESSES for r in rows)
+    assert payload["extrapolation"]["packed_min"] > 0
     _check_sweep(payload["packing"], workers=gpu_check.PACKED_WORKERS)
     assert payload["packing"]["speedup_vs_sweep"] > 0
     assert payload["tests"]["rc"] == 0 and "skipped" in payload["tests"]["summary"]
@@ -132,3 +137,26 @@ def test_an_ensemble_that_runs_out_of_memory_is_halved_down_to_two_members(
     assert len(check.failures) == len(gpu_check.QUICK_LENGTHS)
     assert all("compute-matched" in f and "out of memory with 2" in f for f in check.failures)
     assert widths[:2] == [5, 2]  # auto's width (every seed fits a tiny model), then halved
+
+
+def test_packed_extrapolation_scales_the_ensembles_by_the_slowdown_over_the_processes() -> None:
+    """A slowdown of 2 measured at T = 8 and 64 for every label, 4 processes: each label's
+    packed minutes are its ensemble minutes x 2 / 4, the ratio held flat up to T = 256."""
+    cells = [(label, t) for label in sorted(LABELS) for t in (8, 64)]
+    steps = {"rows": [{"label": label, "T": t, "setup_s": 1.0, "step_s": 0.01 * t,
+                       "eval_s": 2.0} for label, t in cells]}
+    ensembles = {"rows": [{"label": label, "T": t, "members": 5, "step_s": 0.02 * t}
+                          for label, t in cells]}
+    concurrency = {"processes": 4, "rows": [{"label": label, "T": t, "slowdown": 2.0}
+                                            for label, t in cells]}
+    grid = gpu_check.extrapolate(steps, ensembles, concurrency)
+    assert grid["processes"] == 4 and grid["complete"]
+    for row in grid["labels"]:
+        assert row["packed_min"] == pytest.approx(row["ensembles_min"] * 2 / 4)
+        assert row["ensembles_min"] < row["sequential_min"]  # 0.02 t per 5 members < 0.01 t
+    assert grid["packed_min"] == pytest.approx(grid["ensembles_min"] / 2)
+    concurrency["rows"] = [dict(r, slowdown=1.0 if r["T"] == 8 else 3.0)
+                           for r in concurrency["rows"]]
+    flat = gpu_check.extrapolate(steps, ensembles, concurrency)
+    assert flat["packed_min"] < flat["ensembles_min"] * 3 / 4  # not extended past 3 at 256
+    assert gpu_check.extrapolate(steps, ensembles)["packed_min"] is None  # not measured
