@@ -60,7 +60,6 @@ from ablations.environment import resolve_device
 from ablations.evaluate import at_least_float32, evaluate_members
 from eqtheory import context as context_keys
 from eqtheory.model.ensemble import EnsembleUnsupported, check_stackable, member_state, stack
-from eqtheory.problem import row_view
 from eqtheory.solution import Solution
 from eqtheory.status import Status
 from eqtheory.variants import build
@@ -284,27 +283,26 @@ def make_optimizer(
 def clip_per_member(parameters: list[Tensor], max_norm: float, members: int) -> Tensor:
     r"""Clip each ensemble member's gradient on its own:
     ``g_n <- g_n min(1, c / (||g_n|| + 1e-6))``, ``||g_n||`` the norm of member ``n``'s slice
-    over all parameters (each parameter ``[M, ...]``), as `torch.nn.utils.clip_grad_norm_` does
-    for one model (``members == 1``: that function).
+    over all parameters (each parameter ``[M, ...]``; ``members == 1``: the whole gradient, as
+    `torch.nn.utils.clip_grad_norm_` clips one model).
 
     A member whose gradient norm is not finite gets a zero gradient for this step instead: a
     refinement step budget (``steps=K``) reads nothing back to the host, so a sample whose
     evaluation turned non-finite leaves that step's evaluation in the graph (docs/reliability.md),
     and its NaN would otherwise reach every weight. Returns ``[M]`` bool, the members whose
-    gradient was zeroed. No host sync."""
+    gradient was zeroed. No host sync, and a fixed number of kernels whatever the number of
+    parameters: the gradients are gathered into one ``[M, N]`` matrix, clipped and zeroed there
+    and copied back with one `torch._foreach_copy_` (on a GPU a step is launch-bound)."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    if members == 1:
-        norms = torch.nn.utils.clip_grad_norm_(parameters, max_norm).view(1)
-    else:
-        norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
-    finite = norms.isfinite()  # (M,)
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (M,); members == 1: clipped above
-    for grad in grads:
-        if members > 1:
-            multiplier = row_view(scale, grad).to(grad.dtype)
-            grad.copy_(torch.where(row_view(finite, grad), grad * multiplier, 0))
-        else:
-            grad.copy_(torch.where(finite.view(()), grad, 0))
+    if not grads:
+        return torch.zeros(members, dtype=torch.bool)
+    flat = torch.cat([g.reshape(members, -1) for g in grads], dim=1)  # (M, N): row n, member n
+    norms = torch.linalg.vector_norm(flat, dim=1)  # (M,)
+    finite = norms.isfinite()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(flat.dtype)  # (M,)
+    flat = torch.where(finite[:, None], flat * scale[:, None], 0)
+    parts = flat.split([g[0].numel() if members > 1 else g.numel() for g in grads], dim=1)
+    torch._foreach_copy_(grads, [part.view(g.shape) for part, g in zip(parts, grads)])
     return ~finite
 
 

@@ -87,3 +87,35 @@ def test_cli_writes_markdown_and_json(tmp_path):
 def test_cli_rejects_unknown_benchmark():
     with pytest.raises(SystemExit):
         main(["--only", "memroy"])
+
+
+def test_dispatch_counts_fewer_kernels_with_the_gathered_clip_and_per_member_in_ensembles():
+    from benchmarks import dispatch
+
+    report = dispatch.run(quick=True)
+    _check_report(report)
+    rows = {(r["label"], r["measure"], r["members"]): r for r in report.rows}
+    members = dispatch.QUICK["members"]
+    for label in ("baseline", "eqt", "aux-only", "compute-matched"):
+        for width in (1, members):
+            ours = rows[(label, "training step", width)]["kernels"]
+            reference = rows[(label, "training step, per-parameter clip", width)]["kernels"]
+            assert ours < reference, (label, width)
+        single = rows[(label, "training step", 1)]["kernels per member"]
+        assert rows[(label, "training step", members)]["kernels per member"] < single
+
+
+def test_dispatch_counts_do_not_depend_on_width_batch_or_length():
+    import dataclasses
+
+    from benchmarks import dispatch
+
+    label, config = dispatch._configs(quick=True)[0]  # eqt: the loop's counts included
+    counts = []
+    for width, batch, length in ((16, 2, 8), (32, 4, 16)):
+        sized = dataclasses.replace(config, width=width, batch_size=batch, length=length)
+        step = dispatch._step(sized, 1)
+        step()
+        step()
+        counts.append(dispatch._counts(step))
+    assert label == "eqt" and counts[0] == counts[1]

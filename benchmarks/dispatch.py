@@ -1,0 +1,214 @@
+"""Operators dispatched per training step and per evaluation: the cost of a launch-bound step.
+
+On an H200 (docs/performance.md section 9) the paper-size baseline's training step took 19-21 ms
+at every length from 8 to 256 while its tokens grew 32-fold: the step's time is the host
+dispatching operators one by one, not the device's arithmetic. How many operators a step
+dispatches does not depend on the device, the width, the batch or the length, so this CPU
+benchmark counts them, for each label of the ``paper`` preset (its 6 layers and rules, at a
+small width and batch), one run and a seed ensemble of 5:
+
+- ``ops``: every ``aten::`` operator the profiler records in one step (after two warm-up
+  steps), nested ones included;
+- ``kernels``: those that compute (neither a view, an allocation nor a metadata query) and
+  call no other operator that does: on a GPU each is about one kernel launch.
+
+The ``per-parameter clip`` rows run the same step with the gradient clipping that
+`ablations.train.clip_per_member` replaced (`clip_grad_norm_` with its multi-tensor norm, then
+one ``where`` and one ``copy_`` per parameter to zero a non-finite gradient), for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ablations import tasks, train
+from ablations.config import RunConfig
+from ablations.evaluate import evaluate_all
+from benchmarks.common import Report, pin_threads
+from eqtheory.context import MASK_RATE
+from eqtheory.energies.mask import random_mask
+from eqtheory.model.ensemble import stack
+from eqtheory.variants import build
+
+NO_KERNEL = frozenset({
+    "aten::view", "aten::as_strided", "aten::transpose", "aten::t", "aten::reshape",
+    "aten::_reshape_alias", "aten::expand", "aten::detach", "aten::resolve_conj",
+    "aten::resolve_neg", "aten::unsqueeze", "aten::squeeze", "aten::slice", "aten::select",
+    "aten::narrow", "aten::permute", "aten::alias", "aten::split", "aten::split_with_sizes",
+    "aten::unbind", "aten::chunk", "aten::flatten", "aten::unflatten", "aten::view_as",
+    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::lift_fresh",
+    "aten::is_nonzero", "aten::result_type", "aten::size", "aten::stride", "aten::numel",
+    "aten::contiguous", "aten::to", "aten::_to_copy", "aten::type_as", "aten::_unsafe_view",
+    "aten::matmul", "aten::linear", "aten::dropout", "aten::scalar_tensor", "aten::item",
+    "aten::_local_scalar_dense",
+})
+"""Operators that launch nothing themselves (views, allocations, metadata, and composites
+whose work is counted in the operators they call)."""
+FOREACH = "aten::_foreach_"
+EVAL_RULE = "steps=8"
+WIDTH, BATCH, LENGTH, MEMBERS = 32, 4, 16, 5
+QUICK = dict(layers=1, members=2)
+
+
+def _counts(step: Callable[[], Any]) -> dict[str, int]:
+    """``ops`` and ``kernels`` (see the module docstring) of one call of `step`."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    kernels = sum(_computes(e) and not _under_foreach(e) and (
+        e.name.startswith(FOREACH) or not any(map(_computes_within, e.cpu_children))
+    ) for e in events)
+    return {"ops": len(events), "kernels": kernels}
+
+
+def _computes(event: Any) -> bool:
+    return event.name.startswith("aten::") and event.name not in NO_KERNEL
+
+
+def _computes_within(event: Any) -> bool:
+    """Whether `event` or an operator it calls computes (see `NO_KERNEL`)."""
+    return _computes(event) or any(map(_computes_within, event.cpu_children))
+
+
+def _under_foreach(event: Any) -> bool:
+    """Whether `event` runs inside a multi-tensor operator (one launch on a GPU; on CPU it
+    loops over its tensors, and the loop's operators are not counted)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(FOREACH):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def per_parameter_clip(parameters: list[torch.Tensor], max_norm: float, members: int
+                       ) -> torch.Tensor:
+    """The reference: `torch.nn.utils.clip_grad_norm_` (multi-tensor norm, as on CUDA) and one
+    ``where`` + ``copy_`` per parameter (one model; ensembles per member the same way)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if members == 1:
+        norms = torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True).view(1)
+        finite = norms.isfinite()
+        for grad in grads:
+            grad.copy_(torch.where(finite.view(()), grad, 0))
+        return ~finite
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
+    finite = norms.isfinite()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        shape = (-1,) + (1,) * (grad.dim() - 1)
+        grad.copy_(torch.where(finite.view(shape), grad * scale.view(shape), 0))
+    return ~finite
+
+
+@contextlib.contextmanager
+def _clip(function: Callable[..., torch.Tensor]) -> Iterator[None]:
+    original = train.clip_per_member
+    train.clip_per_member = function
+    try:
+        yield
+    finally:
+        train.clip_per_member = original
+
+
+def _step(config: RunConfig, members: int) -> Callable[[], Any]:
+    """One `ablations.train.training_step` of `config` (``members`` stacked seeds), on CPU."""
+    task, device = tasks.get(config.task), torch.device("cpu")
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build(config.variant, vocab=task.vocab, width=config.width,
+                            layers=config.layers, heads=config.heads, max_len=config.length))
+    model = models[0] if members == 1 else stack(models)
+    optimizer = train.make_optimizer(model, config, device=device, members=members)
+    sample = task.sample(members * config.batch_size, config.length,
+                         torch.Generator().manual_seed(0))
+    with_energy = config.variant.kind == "eqt"
+    context = {"mask": random_mask(sample.inputs, MASK_RATE)} if with_energy else {}
+    inputs, targets = (t.view(members, config.batch_size, config.length)
+                       for t in (sample.inputs, sample.targets))
+    scored = task.scored(config.length)
+    model.train()
+    return lambda: train.training_step(
+        model, optimizer, inputs, targets, context, scored=scored, beta=config.variant.beta,
+        grad_clip=config.grad_clip, with_energy=with_energy)
+
+
+def _evaluation(config: RunConfig) -> tuple[str, Callable[[], Any]]:
+    """`ablations.evaluate.evaluate_all` of one model on one batch under `EVAL_RULE` (the
+    run's first rule where it has no such rule)."""
+    task = tasks.get(config.task)
+    torch.manual_seed(0)
+    model = build(config.variant, vocab=task.vocab, width=config.width, layers=config.layers,
+                  heads=config.heads, max_len=config.length).eval()
+    _, test_set = tasks.datasets(task, length=config.length, seed=0, train_size=0,
+                                 test_size=config.batch_size)
+    rule = next((r for r in config.eval_stops if r == EVAL_RULE), config.eval_stops[0])
+    config = dataclasses.replace(config, eval_stops=(rule,), eval_lengths=(),
+                                 eval_batch_size=config.batch_size, test_size=config.batch_size)
+    return rule, lambda: evaluate_all(model, test_set, task, config, device=torch.device("cpu"),
+                                      autocast=contextlib.nullcontext())
+
+
+def _configs(quick: bool) -> list[tuple[str, RunConfig]]:
+    """The ``paper`` preset's runs (seed 0, T = `LENGTH`), planned at its size (the
+    compute-matched control's depth depends on the width), then run at width `WIDTH`, batch
+    `BATCH`, 2 heads (quick: 1 layer, and 2 for the compute-matched control)."""
+    from ablations.run import build_parser, plan
+
+    with tempfile.TemporaryDirectory() as scratch:  # a dry run writes nothing there
+        runs = plan(build_parser().parse_args([
+            "--preset", "paper", "--lengths", str(LENGTH), "--seeds", "0", "--device", "cpu",
+            "--dry-run", "--out", scratch])).runs
+    small = dict(width=WIDTH, batch_size=BATCH, heads=2, test_size=BATCH,
+                 eval_batch_size=BATCH, train_size=BATCH)
+    return [(label, dataclasses.replace(config, **small, **(
+        {"layers": QUICK["layers"] + (label == "compute-matched")} if quick else {})))
+            for label, config in runs]
+
+
+def run(*, quick: bool = False) -> Report:
+    pin_threads()
+    members = QUICK["members"] if quick else MEMBERS
+    report = Report("dispatch", ["label", "layers", "measure", "members", "ops", "kernels",
+                                 "kernels per member"])
+    for label, config in _configs(quick):
+        rows = [("training step", 1, None), ("training step", members, None),
+                ("training step, per-parameter clip", 1, per_parameter_clip),
+                ("training step, per-parameter clip", members, per_parameter_clip)]
+        for measure, width, clip in rows:
+            step = _step(config, width)
+            with _clip(clip) if clip is not None else contextlib.nullcontext():
+                step()
+                step()  # warm-up: optimizer state, lazy inits
+                counts = _counts(step)
+            report.rows.append({"label": label, "layers": config.layers, "measure": measure,
+                                "members": width, **counts,
+                                "kernels per member": counts["kernels"] / width})
+        rule, evaluate = _evaluation(config)
+        evaluate()
+        counts = _counts(evaluate)
+        report.rows.append({"label": label, "layers": config.layers,
+                            "measure": f"evaluation ({rule})", "members": 1,
+                            **counts, "kernels per member": counts["kernels"]})
+    report.notes += [
+        f"The paper preset's runs (layers as planned at its width) at T = {LENGTH}, width "
+        f"{WIDTH}, batch {BATCH}, 2 heads{' (quick: 1-2 layers)' if quick else ''}, CPU, "
+        "float32; one step profiled after two "
+        "warm-up steps (torch.profiler, CPU activity). The counts do not depend on width, "
+        "batch or length.",
+        "kernels: aten operators that compute (not views, allocations or metadata: "
+        "benchmarks.dispatch.NO_KERNEL) and call no other operator that does; a multi-tensor "
+        "operator (_foreach_*) counts once, as it launches on a GPU, though on CPU it loops "
+        "over its tensors; so does AdamW's fused step (one operator on both).",
+        f"evaluation: ablations.evaluate.evaluate_all on one batch under {EVAL_RULE} (a "
+        "baseline: its first rule), accuracy against K and the diagnostics included.",
+    ]
+    return report
