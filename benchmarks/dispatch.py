@@ -62,10 +62,43 @@ def _counts(step: Callable[[], Any]) -> dict[str, int]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     events = [e for e in prof.events() if e.name.startswith("aten::")]
-    kernels = sum(_computes(e) and not _under_foreach(e) and (
-        e.name.startswith(FOREACH) or not any(map(_computes_within, e.cpu_children))
-    ) for e in events)
-    return {"ops": len(events), "kernels": kernels}
+    return {"ops": len(events), "kernels": len(_kernels(events))}
+
+
+def _kernels(events: list[Any]) -> list[Any]:
+    return [e for e in events if _computes(e) and not _under_foreach(e) and (
+        e.name.startswith(FOREACH) or not any(map(_computes_within, e.cpu_children)))]
+
+
+SITES = (("eqtheory/energies/", "energy terms (forward)"),
+         ("eqtheory/model/", "backbone and heads (forward)"),
+         ("eqtheory/", "refinement loop and solver"))
+"""Where a kernel was dispatched from: the first of these folders on its Python stack."""
+
+
+def kernels_by_site(step: Callable[[], Any]) -> dict[str, int]:
+    """The kernels of one call of `step` by where they were dispatched: the autograd engine
+    (the energy's gradients inside the refinement loop and the training backward), else `SITES` (the nearest toolkit frame on the
+    stack), else anything else (the loss, the clip, the optimizer)."""
+    verbose = torch._C._profiler._ExperimentalConfig(verbose=True)  # Python frames on events
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True,
+                 experimental_config=verbose) as prof:
+        step()
+    counts: dict[str, int] = {}
+    for event in _kernels([e for e in prof.events() if e.name.startswith("aten::")]):
+        site, frames, parent = None, [], event
+        while parent is not None:
+            if parent.name.startswith("autograd::engine"):
+                site = "autograd engine (gradients in the loop, the backward pass)"
+                break
+            frames, parent = frames or parent.stack or [], parent.cpu_parent
+        for frame in frames if site is None else ():
+            site = next((name for folder, name in SITES if folder in frame), None)
+            if site is not None:
+                break
+        site = site or "other (loss, optimizer)"
+        counts[site] = counts.get(site, 0) + 1
+    return counts
 
 
 def _computes(event: Any) -> bool:
@@ -198,6 +231,14 @@ def run(*, quick: bool = False) -> Report:
         report.rows.append({"label": label, "layers": config.layers,
                             "measure": f"evaluation ({rule})", "members": 1,
                             **counts, "kernels per member": counts["kernels"]})
+    eqt = next(config for label, config in _configs(quick) if label == "eqt")
+    step = _step(eqt, 1)
+    step()
+    step()
+    sites = sorted(kernels_by_site(step).items(), key=lambda item: -item[1])
+    report.notes.append("EqT's training step (one run), kernels by where they were dispatched "
+                        "(the nearest toolkit frame on the stack): "
+                        + ", ".join(f"{name} {count}" for name, count in sites) + ".")
     report.notes += [
         f"The paper preset's runs (layers as planned at its width) at T = {LENGTH}, width "
         f"{WIDTH}, batch {BATCH}, 2 heads{' (quick: 1-2 layers)' if quick else ''}, CPU, "

@@ -105,6 +105,21 @@ def test_dispatch_counts_fewer_kernels_with_the_gathered_clip_and_per_member_in_
         assert rows[(label, "training step", members)]["kernels per member"] < single
 
 
+def test_dispatch_attributes_every_kernel_of_a_step_to_one_site():
+    from benchmarks import dispatch
+
+    label, config = dispatch._configs(quick=True)[0]
+    step = dispatch._step(config, 1)
+    step()
+    step()
+    sites = dispatch.kernels_by_site(step)
+    assert label == "eqt" and sum(sites.values()) == dispatch._counts(step)["kernels"]
+    for name in ("energy terms (forward)", "refinement loop and solver",
+                 "backbone and heads (forward)", "other (loss, optimizer)"):
+        assert sites[name] > 0, sites
+    assert max(sites, key=sites.get).startswith("autograd engine")
+
+
 def test_dispatch_counts_do_not_depend_on_width_batch_or_length():
     import dataclasses
 
