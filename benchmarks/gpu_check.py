@@ -16,21 +16,27 @@ it ends, so a kill leaves what was measured; their own files go under ``DIR/scra
 3. ``concurrency``: `PROCESSES` processes, each training the ``ensembles`` section's seed
    ensemble (fewer members where they would not all fit), timed at the same moment, cell by
    cell: the gain of running several ensembles at once (``--ensemble auto --workers 4``).
-4. ``sweep``: a 4-run sweep end to end (``python -m ablations.run --preset smoke``: baseline +
+4. ``graphs``: each label's training step at each T captured as one CUDA graph
+   (`benchmarks.graphed_step`) against the same step run eagerly: the speed-up, and the two
+   copies' parameters after the same steps; in a subprocess (a failed capture can leave its
+   process's CUDA state unusable).
+5. ``sweep``: a 4-run sweep end to end (``python -m ablations.run --preset smoke``: baseline +
    EqT at L = 8 and 16, bf16 on CUDA), one run after another, checked in its database.
-5. ``packing``: the same sweep with ``--workers 4`` (four runs at once on the one device, each
+6. ``packing``: the same sweep with ``--workers 4`` (four runs at once on the one device, each
    in its own process), checked alike; its wall time against ``sweep``'s is the packing gain.
-6. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
-7. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
+7. ``tests``: the CUDA tests (``pytest -k cuda``); on a GPU a skip for want of CUDA fails.
+8. ``compile``: EqT's training step at T = 64 eager vs ``--compile`` (`ablations.compile`),
    compile time included, in a subprocess that the time guard can stop.
-8. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
+9. ``scan``: `benchmarks.scan` on the device (loop vs doubling scan up to long T), in a
    subprocess that the time guard can stop.
 
 Then ``extrapolation``: the paper grid (9 lengths x 4 labels x 5 seeds, 3,200 steps) from the
 measured steps, linear in T between (and beyond) the measured lengths: per run
 ``setup + steps x step + eval``, one run after another; with seed ensembles (one ensemble step
-for the 5 seeds, each seed evaluated alone); and with `PROCESSES` ensembles at once (the
-ensemble figure times the measured slowdown, divided by `PROCESSES`).
+for the 5 seeds, each seed evaluated alone); with `PROCESSES` ensembles at once (the
+ensemble figure times the measured slowdown, divided by `PROCESSES`); and one run at a time
+with its training step captured (the sequential figure's steps divided by the measured
+speed-up: what the runner would gain if it captured steps, which it does not).
 
 It fails loudly: ``--device cuda`` (the default) without a visible GPU exits 2 before anything
 runs. A global time guard (``--budget-s``) starts no section (or no step of one) that would
@@ -62,14 +68,15 @@ import torch
 
 from benchmarks.common import machine, pin_threads
 
-SECTIONS = ("steps", "ensembles", "concurrency", "sweep", "packing", "tests", "compile",
-            "scan")
+SECTIONS = ("steps", "ensembles", "concurrency", "graphs", "sweep", "packing", "tests",
+            "compile", "scan")
 LENGTHS, QUICK_LENGTHS = (8, 64, 256), (8, 16, 32)
 QUICK_SIZE = dict(layers=1, width=16, heads=2, batch_size=8, train_size=64, test_size=32,
                   eval_batch_size=32)
 WARMUP, REPEATS = 2, 5
 DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end within 8
-NEED_S = {"steps": 20, "ensembles": 20, "concurrency": 60, "sweep": 60, "packing": 45,
+NEED_S = {"steps": 20, "ensembles": 20, "concurrency": 60, "graphs": 45, "sweep": 60,
+          "packing": 45,
           "tests": 40,
           "compile": 150, "scan": 40}
 """Seconds a section needs at least; it is left out when less than this remains."""
@@ -458,6 +465,48 @@ def section_compile(check: Check, guard: Guard) -> dict[str, Any]:
     return result
 
 
+GRAPHS_PROBE = """
+import json, sys, torch
+from pathlib import Path
+from benchmarks.gpu_check import plan_configs, LENGTHS, QUICK_LENGTHS
+from benchmarks.graphed_step import measure
+device, quick, out = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
+if device == "cpu":
+    torch.set_num_threads(1)
+rows = []
+for label, config in plan_configs(device, quick, QUICK_LENGTHS if quick else LENGTHS, out):
+    try:
+        rows.append({"label": label, "T": config.length, **measure(config, torch.device(device))})
+    except Exception as error:  # one cell's failure is reported, the others still run
+        rows.append({"label": label, "T": config.length,
+                     "error": f"{type(error).__name__}: {error}"[:300]})
+    (out / "graphs.json").write_text(json.dumps(rows))
+"""
+GRAPH_TOLERANCE = 0.05
+"""Largest relative parameter difference between the eager and graphed copies after the same
+steps that counts as equal (bf16 rounding; on CPU they must agree exactly)."""
+
+
+def section_graphs(check: Check, guard: Guard) -> dict[str, Any]:
+    """`benchmarks.graphed_step.measure` for every planned (label, T), in a subprocess."""
+    path = check.scratch / "graphs.json"
+    path.unlink(missing_ok=True)
+    result = _subprocess([sys.executable, "-c", GRAPHS_PROBE, check.device,
+                          "1" if check.quick else "0", str(check.scratch)], guard, cap_s=240)
+    rows = json.loads(path.read_text()) if path.exists() else []
+    result["rows"] = [r for r in rows if "error" not in r]
+    tolerance = GRAPH_TOLERANCE if check.device == "cuda" else 0.0
+    for row in rows:
+        if "error" in row:
+            check.failures.append(f"graphs: {row['label']} T={row['T']}: {row['error']}")
+        elif row["param_rel_diff"] > tolerance:
+            check.failures.append(f"graphs: {row['label']} T={row['T']}: the graphed copy's "
+                                  f"parameters differ by {row['param_rel_diff']:.2g}")
+    if result["rc"] != 0 or not rows:
+        check.failures.append(f"graphs: rc {result['rc']}, timed out {result['timed_out']}")
+    return result
+
+
 SCAN_PROBE = """
 import json, sys
 from benchmarks import scan
@@ -493,7 +542,8 @@ def _at(length: int, points: list[tuple[int, float]]) -> float:
 
 
 def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
-                concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
+                concurrency: dict[str, Any] | None = None,
+                graphs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The paper grid's wall time on this device from the measured cells (see the module
     docstring); minutes, per label and in total: sequential, with seed ensembles, and with
     `PROCESSES` seed ensembles at once.
@@ -504,7 +554,9 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
     as 2.5 ensemble steps where three groups (2, 2, 1) take 2 + one single step. Packed, every
     part of a seed's cost is multiplied by the slowdown the ``concurrency`` section measured for
     its label (linear in T) and the sum divided by the number of processes: the device is
-    assumed busy with that many ensembles throughout (no tail where fewer are left)."""
+    assumed busy with that many ensembles throughout (no tail where fewer are left). Graphed,
+    a run's training steps are divided by the speed-up the ``graphs`` section measured for its
+    label (linear in T, held flat beyond the measured lengths); setup and evaluation unchanged."""
     from ablations import presets
 
     paper = presets.get("paper")
@@ -519,7 +571,10 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
     for row in (concurrency or {}).get("rows", []):
         slowdown.setdefault(row["label"], []).append((row["T"], row["slowdown"]))
     processes = (concurrency or {}).get("processes", PROCESSES)
-    labels, total, total_joint, total_packed = [], 0.0, 0.0, 0.0
+    speedup = {}  # per label: (T, eager step / graphed step)
+    for row in (graphs or {}).get("rows", []):
+        speedup.setdefault(row["label"], []).append((row["T"], row["speedup"]))
+    labels, total, total_joint, total_packed, total_graphed = [], 0.0, 0.0, 0.0, 0.0
     for label, rows in single.items():
         def fit(key: str, rows=rows) -> Callable[[int], float]:
             return lambda length: _at(length, [(r["T"], r[key]) for r in rows])
@@ -534,22 +589,34 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
             together = sum(per_length.values())
             total_joint += together
             if label in slowdown:
-                points = slowdown[label]  # a ratio: held flat beyond the measured lengths
-                low, high = min(points)[0], max(points)[0]
-                packed = sum(cost * _at(min(max(t, low), high), points)
+                packed = sum(cost * _flat(t, slowdown[label])
                              for t, cost in per_length.items()) / processes
                 total_packed += packed
+        graphed = None
+        if label in speedup:
+            graphed = sum(seeds * (setup(t) + evaluate(t) + train_steps * step(t) / _flat(
+                t, speedup[label])) for t in paper.lengths)
+            total_graphed += graphed
         total += alone
         labels.append({"label": label, "sequential_min": alone / 60,
                        "ensembles_min": None if together is None else together / 60,
-                       "packed_min": None if packed is None else packed / 60})
+                       "packed_min": None if packed is None else packed / 60,
+                       "graphed_min": None if graphed is None else graphed / 60})
     complete = len(single) == 4 and all(len(rows) >= 2 for rows in single.values())
     return {"labels": labels, "sequential_min": total / 60,
             "ensembles_min": total_joint / 60 if len(joint) == len(single) else None,
             "packed_min": total_packed / 60 if len(slowdown) == len(single) else None,
+            "graphed_min": total_graphed / 60 if len(speedup) == len(single) else None,
             "processes": processes,
             "runs": seeds * len(paper.lengths) * len(single), "train_steps": train_steps,
             "lengths": list(paper.lengths), "complete": complete}
+
+
+def _flat(length: int, points: list[tuple[int, float]]) -> float:
+    """A measured ratio at `length`: linear between the ``(T, ratio)`` points, held flat
+    beyond them (a ratio extended linearly could turn negative)."""
+    low, high = min(points)[0], max(points)[0]
+    return _at(min(max(length, low), high), points)
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -588,25 +655,41 @@ def markdown(payload: dict[str, Any]) -> str:
                          f"{1e3 * r['alone_step_s']:.1f} | {r['slowdown']:.2f} | "
                          f"{r['gain']:.2f} |")
         lines.append("")
+    part = payload.get("graphs")
+    if part and part.get("rows"):
+        lines += ["## graphs", "", "One run's training step captured as one CUDA graph "
+                  "(`benchmarks.graphed_step`; on CPU not captured), against the same step "
+                  "run eagerly; parameters of the two copies after the same steps.", "",
+                  "| label | T | captured | eager step ms | graphed step ms | speed-up | "
+                  "capture s | parameter rel. difference |", "|---|---|---|---|---|---|---|---|"]
+        for r in part["rows"]:
+            lines.append(f"| {r['label']} | {r['T']} | {r['captured']} | "
+                         f"{1e3 * r['eager_step_s']:.1f} | {1e3 * r['graphed_step_s']:.1f} | "
+                         f"{r['speedup']:.2f} | {r['capture_s']:.2f} | "
+                         f"{r['param_rel_diff']:.2g} |")
+        lines.append("")
     grid = payload.get("extrapolation")
     if grid:
         missing = "" if grid["complete"] else " INCOMPLETE: cells are missing."
         packed = f"{grid.get('processes', PROCESSES)} ensembles at once min"
+        graphed = "one run at a time, steps captured min"
         lines += ["## paper grid, extrapolated", "", f"{grid['runs']} runs x "
                   f"{grid['train_steps']} steps, lengths {grid['lengths']}; minutes on this "
                   f"device: one run at a time, one seed ensemble at a time, and several seed "
                   f"ensembles at once.{missing}", "",
-                  f"| label | sequential min | seed ensembles min | {packed} |",
-                  "|---|---|---|---|"]
+                  f"| label | sequential min | seed ensembles min | {packed} | {graphed} |",
+                  "|---|---|---|---|---|"]
         for r in grid["labels"]:
             lines.append(f"| {r['label']} | {r['sequential_min']:.1f} | "
                          f"{_num(r['ensembles_min'], '.1f')} | "
-                         f"{_num(r.get('packed_min'), '.1f')} |")
+                         f"{_num(r.get('packed_min'), '.1f')} | "
+                         f"{_num(r.get('graphed_min'), '.1f')} |")
         lines += [f"| **total** | **{grid['sequential_min']:.1f}** | "
                   f"**{_num(grid['ensembles_min'], '.1f')}** | "
-                  f"**{_num(grid.get('packed_min'), '.1f')}** |", "",
+                  f"**{_num(grid.get('packed_min'), '.1f')}** | "
+                  f"**{_num(grid.get('graphed_min'), '.1f')}** |", "",
                   f"Target: under {TARGET_MIN:.0f} min.", ""]
-    measured = ("steps", "ensembles", "concurrency", "scan")  # their own tables, or an error
+    measured = ("steps", "ensembles", "concurrency", "graphs", "scan")  # own tables, or an error
     for name in ("sweep", "packing", "tests", "compile",
                  *(n for n in measured if "error" in payload.get(n, {}))):
         part = payload.get(name)
@@ -666,6 +749,7 @@ def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
         "steps": lambda: section_steps(check, guard, ensembles=False),
         "ensembles": lambda: section_steps(check, guard, ensembles=True),
         "concurrency": lambda: section_concurrency(check, guard),
+        "graphs": lambda: section_graphs(check, guard),
         "sweep": lambda: section_sweep(check, guard),
         "packing": lambda: section_sweep(check, guard, workers=PACKED_WORKERS),
         "tests": lambda: section_tests(check, guard),
@@ -685,11 +769,11 @@ def run_sections(check: Check, guard: Guard, sections: list[str]) -> int:
         except Exception as error:  # noqa: BLE001  (a section's failure is reported, not fatal)
             check.failures.append(f"{name}: {type(error).__name__}: {error}"[:400])
             check.results[name] = {"error": "".join(traceback.format_exception(error)[-8:])}
-        if name in ("steps", "ensembles", "concurrency") and "rows" in check.results.get(
-                "steps", {}):
+        if name in ("steps", "ensembles", "concurrency", "graphs") and "rows" in \
+                check.results.get("steps", {}):
             check.results["extrapolation"] = extrapolate(
                 check.results["steps"], check.results.get("ensembles"),
-                check.results.get("concurrency"))
+                check.results.get("concurrency"), check.results.get("graphs"))
         check.write(guard)
     check.write(guard)
     print(markdown(json.loads((check.out / "gpu_check.json").read_text())), flush=True)

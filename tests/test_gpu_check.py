@@ -102,6 +102,10 @@ def test_whole_quick_cpu_pipeline(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "gpu_check.json").read_text())
     assert payload["failures"] == [] and payload["left_out"] == [] and code == 0
     _check_measured(payload)
+    graphs = payload["graphs"]["rows"]
+    assert len(graphs) == len(LABELS) * len(gpu_check.QUICK_LENGTHS)
+    assert all(not r["captured"] and r["param_rel_diff"] == 0 for r in graphs)  # CPU: eager
+    assert payload["extrapolation"]["graphed_min"] > 0
     rows = payload["concurrency"]["rows"]
     assert {(r["label"], r["T"]) for r in rows} == {(label, t) for label in LABELS
                                                     for t in gpu_check.QUICK_LENGTHS}
@@ -160,3 +164,28 @@ def test_packed_extrapolation_scales_the_ensembles_by_the_slowdown_over_the_proc
     flat = gpu_check.extrapolate(steps, ensembles, concurrency)
     assert flat["packed_min"] < flat["ensembles_min"] * 3 / 4  # not extended past 3 at 256
     assert gpu_check.extrapolate(steps, ensembles)["packed_min"] is None  # not measured
+
+
+def test_graphed_extrapolation_divides_the_training_steps_by_the_measured_speedup() -> None:
+    """A speed-up of 4 at every measured cell: each label's training minutes fall 4-fold,
+    its setup and evaluation stay."""
+    cells = [(label, t) for label in sorted(LABELS) for t in (8, 64, 256)]
+    steps = {"rows": [{"label": label, "T": t, "setup_s": 0.0, "step_s": 0.02, "eval_s": 0.0}
+                      for label, t in cells]}
+    graphs = {"rows": [{"label": label, "T": t, "speedup": 4.0} for label, t in cells]}
+    grid = gpu_check.extrapolate(steps, None, None, graphs)
+    assert grid["graphed_min"] == pytest.approx(grid["sequential_min"] / 4)
+    steps["rows"] = [dict(r, eval_s=1.0) for r in steps["rows"]]
+    with_eval = gpu_check.extrapolate(steps, None, None, graphs)
+    evaluations = 180 * 1.0 / 60  # one evaluation per run, not sped up
+    assert with_eval["graphed_min"] == pytest.approx(grid["graphed_min"] + evaluations)
+
+
+def test_a_graphed_step_on_cpu_runs_eagerly_and_matches_the_eager_copy() -> None:
+    from benchmarks import graphed_step
+
+    label, config = next(item for item in gpu_check.plan_configs(
+        "cpu", True, (8,), Path("unused")) if item[0] == "eqt")
+    result = graphed_step.measure(config, torch.device("cpu"))
+    assert result["captured"] is False and result["param_rel_diff"] == 0.0
+    assert result["eager_step_s"] > 0 and result["graphed_step_s"] > 0
