@@ -176,13 +176,15 @@ def attempt_ensemble(
     return [dataclasses.replace(outcome, warnings=runtime) for outcome in outcomes]
 
 
-def ensemble_width(choice: str, config: RunConfig, members: int) -> int:
+def ensemble_width(choice: str, config: RunConfig, members: int, *, share: int = 1) -> int:
     """How many of ``members`` same-but-seed runs of `config` train as one ensemble.
 
     ``choice``: a whole number ``N >= 1`` (at most ``N``), or ``auto``: every member, capped
     so that the members' estimated peak memory (`ablations.validate.estimate`, per run) fits in
     half of the memory that is free now (CUDA: the device's free memory; CPU: the machine's
-    available memory; no cap where the system does not report it), at least 1.
+    available memory; no cap where the system does not report it) divided by ``share``, the
+    ensembles that may run at once (``--workers``: a group is sized before the groups started
+    beside it have taken their memory), at least 1.
     """
     if choice != "auto":
         return max(1, min(int(choice), members))
@@ -198,14 +200,14 @@ def ensemble_width(choice: str, config: RunConfig, members: int) -> int:
         except (ValueError, OSError):  # no such counter on this system: no memory cap
             return members
     per_run = max(1.0, validate.estimate(config).peak_bytes)
-    return max(1, min(members, int(0.5 * free // per_run)))
+    return max(1, min(members, int(0.5 * free / share // per_run)))
 
 
-def claim_group(store: Store, hashes: list[str], ensemble: str) -> list[str]:
+def claim_group(store: Store, hashes: list[str], ensemble: str, *, share: int = 1
+                ) -> list[str]:
     """Claim the first pending run in the order of `hashes` and, with ``ensemble`` other than
-    ``"1"``,
-    pending runs that differ from it only in their seed, up to `ensemble_width`; ``[]`` when
-    nothing is pending."""
+    ``"1"``, pending runs that differ from it only in their seed, up to `ensemble_width` (of
+    ``share`` ensembles at once); ``[]`` when nothing is pending."""
     first = store.claim_next(hashes)
     if first is None:
         return []
@@ -215,7 +217,7 @@ def claim_group(store: Store, hashes: list[str], ensemble: str) -> list[str]:
     wanted = set(hashes)
     mates = [row.hash for row in store.rows(status="pending")
              if row.hash in wanted and row.config.ensemble_key() == config.ensemble_key()]
-    width = ensemble_width(ensemble, config, 1 + len(mates))
+    width = ensemble_width(ensemble, config, 1 + len(mates), share=share)
     group = [first]
     for run_hash in mates:
         if len(group) == width:
@@ -378,7 +380,8 @@ def run_pool(
     in_flight: dict[Future, tuple[list[str], ProcessPoolExecutor]] = {}
 
     def submit() -> None:
-        while len(in_flight) < workers and (group := claim_group(store, hashes, ensemble)):
+        while len(in_flight) < workers and (
+                group := claim_group(store, hashes, ensemble, share=workers)):
             for run_hash in group:
                 heartbeat.add(run_hash)
             worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"))

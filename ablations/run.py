@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
              "members (stacked weights, one model; every member is still its own row, with "
              "its own data, initialisation, masks, clipping and checkpoint). auto: all the "
              "seeds of a run, capped so that their estimated peak memory fits in half the "
-             "free memory (GPU: free device memory; CPU: available RAM). Models that cannot "
+             "free memory (GPU: free device memory; CPU: available RAM), shared among the "
+             "--workers ensembles that run at once. Models that cannot "
              "be stacked (rnn, a memory energy, a learned step size) train one by one. "
              "Local executor only (default: 1, no ensembles)")
     add("--compile", action="store_true",

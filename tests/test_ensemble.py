@@ -182,3 +182,20 @@ def test_the_sweep_benchmark_times_every_label_three_ways():
     for row in report.rows:
         assert row["sequential ms"] > 0 and row["stacked ms"] > 0 and row["vmap"] == "ok"
         assert row["stacked speed-up"] == pytest.approx(row["sequential ms"] / row["stacked ms"])
+
+
+def test_auto_width_shares_the_free_memory_among_the_ensembles_that_run_at_once(monkeypatch):
+    """``auto`` fits the members in half the free memory, split among ``share`` ensembles (the
+    workers): 4 workers each get a quarter of what one gets, so together they still fit."""
+    import os
+
+    from ablations import executors, validate
+
+    config = dataclasses.replace(SMALL, device="cpu")
+    per_run = validate.estimate(config).peak_bytes
+    pages = int(2 * 8 * per_run) // 4096 + 1  # free memory: room for 8 runs in its half
+    monkeypatch.setattr(os, "sysconf", lambda name: pages if name == "SC_AVPHYS_PAGES" else 4096)
+    assert executors.ensemble_width("auto", config, 10) == 8
+    assert executors.ensemble_width("auto", config, 10, share=4) == 2
+    assert executors.ensemble_width("auto", config, 10, share=16) == 1  # at least one
+    assert executors.ensemble_width("3", config, 10, share=4) == 3  # a number is taken as is
