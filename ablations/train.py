@@ -292,16 +292,18 @@ def clip_per_member(parameters: list[Tensor], max_norm: float, members: int) -> 
     and its NaN would otherwise reach every weight. Returns ``[M]`` bool, the members whose
     gradient was zeroed. No host sync, and a fixed number of kernels whatever the number of
     parameters: the gradients are gathered into one ``[M, N]`` matrix, clipped and zeroed there
-    and copied back with one `torch._foreach_copy_` (on a GPU a step is launch-bound)."""
+    and copied back with one `torch._foreach_copy_` (private, as `torch.optim` uses it; it
+    casts each part back to its gradient's dtype)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return torch.zeros(members, dtype=torch.bool)
+        return torch.zeros(members, dtype=torch.bool,
+                           device=parameters[0].device if parameters else None)
     flat = torch.cat([g.reshape(members, -1) for g in grads], dim=1)  # (M, N): row n, member n
     norms = torch.linalg.vector_norm(flat, dim=1)  # (M,)
     finite = norms.isfinite()
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(flat.dtype)  # (M,)
     flat = torch.where(finite[:, None], flat * scale[:, None], 0)
-    parts = flat.split([g[0].numel() if members > 1 else g.numel() for g in grads], dim=1)
+    parts = flat.split([g.numel() // members for g in grads], dim=1)
     torch._foreach_copy_(grads, [part.view(g.shape) for part, g in zip(parts, grads)])
     return ~finite
 

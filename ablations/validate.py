@@ -18,13 +18,14 @@ The estimates are deliberately simple: a block of width ``d`` has ``12 d^2`` par
 energy's parameters and buffers are counted on the meta device (`energy_numel`) and an
 evaluation costs ``4 M + d`` FLOPs per token as in `ablations.flops`; a stopping rule without a
 step cap runs to the loop's ``DEFAULT_MAX_STEPS``; a solver's ``memory`` option (Anderson,
-Broyden) keeps that many past iterates; a block stores ``20 d`` activations per token (2 bytes
+Broyden) keeps that many past iterates; a block stores ``24 d`` activations per token (2 bytes
 each under ``amp``, else 4: Korthikanti et al.'s ``34 d`` bytes in 16 bits, raised to cover
-the peaks measured by `benchmarks.gpu_check` on an H200) and no attention scores (the
+the peaks per run and per ensemble member that `benchmarks.gpu_check` measured on an H200) and
+no attention scores (the
 backbone's ``scaled_dot_product_attention`` is fused), plus ``WORKSPACE_BYTES`` for the
 libraries' workspaces. The
 estimates of the presets: smoke 4.5e11 FLOPs, 2.5e4 passes; cpu 2.8e13, 1.3e5; paper 4.3e17,
-1.3e7, 7.2 GiB for its largest run; recurrence 4.3e12, 3e4. Long values echo once in messages,
+1.3e7, 8.0 GiB for its largest run; recurrence 4.3e12, 3e4. Long values echo once in messages,
 cut to ``ECHO_CHARS`` characters.
 """
 
@@ -225,7 +226,7 @@ def estimate(config: RunConfig) -> Cost:
     params = layers * block_params + (longest + 4) * d + erms * energy
     half = 2 if config.amp else 4  # bytes per activation: bf16 autocast, else float32
     train_bytes = config.batch_size * length * (
-        layers * 20 * d * half + 4 * (train_evals + 2 * erms * history) * 16 * d
+        layers * 24 * d * half + 4 * (train_evals + 2 * erms * history) * 16 * d
     )
     eval_bytes = eval_batch * longest * (
         16 * d * half + 4 * (worst_k > 0) * (1 + 2 * erms * history) * 16 * d

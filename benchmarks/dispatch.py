@@ -32,9 +32,7 @@ from ablations import tasks, train
 from ablations.config import RunConfig
 from ablations.evaluate import evaluate_all
 from benchmarks.common import Report, pin_threads
-from eqtheory.context import MASK_RATE
-from eqtheory.energies.mask import random_mask
-from eqtheory.model.ensemble import stack
+from benchmarks.training_setup import training_setup
 from eqtheory.variants import build
 
 NO_KERNEL = frozenset({
@@ -53,6 +51,10 @@ NO_KERNEL = frozenset({
 whose work is counted in the operators they call)."""
 FOREACH = "aten::_foreach_"
 EVAL_RULE = "steps=8"
+SITES = (("eqtheory/energies/", "energy terms (forward)"),
+         ("eqtheory/model/", "backbone and heads (forward)"),
+         ("eqtheory/", "refinement loop and solver"))
+"""Where a kernel was dispatched from: the first of these folders on its Python stack."""
 WIDTH, BATCH, LENGTH, MEMBERS = 32, 4, 16, 5
 QUICK = dict(layers=1, members=2)
 
@@ -66,20 +68,18 @@ def _counts(step: Callable[[], Any]) -> dict[str, int]:
 
 
 def _kernels(events: list[Any]) -> list[Any]:
+    """The profiler events among `events` that count as kernels (module docstring)."""
     return [e for e in events if _computes(e) and not _under_foreach(e) and (
         e.name.startswith(FOREACH) or not any(map(_computes_within, e.cpu_children)))]
 
 
-SITES = (("eqtheory/energies/", "energy terms (forward)"),
-         ("eqtheory/model/", "backbone and heads (forward)"),
-         ("eqtheory/", "refinement loop and solver"))
-"""Where a kernel was dispatched from: the first of these folders on its Python stack."""
 
 
 def kernels_by_site(step: Callable[[], Any]) -> dict[str, int]:
     """The kernels of one call of `step` by where they were dispatched: the autograd engine
-    (the energy's gradients inside the refinement loop and the training backward), else `SITES` (the nearest toolkit frame on the
-    stack), else anything else (the loss, the clip, the optimizer)."""
+    (the energy's gradients inside the refinement loop and the training backward), else
+    `SITES` (the nearest toolkit frame on the stack), else anything else (the loss, the clip,
+    the optimizer)."""
     verbose = torch._C._profiler._ExperimentalConfig(verbose=True)  # Python frames on events
     with profile(activities=[ProfilerActivity.CPU], with_stack=True,
                  experimental_config=verbose) as prof:
@@ -102,6 +102,7 @@ def kernels_by_site(step: Callable[[], Any]) -> dict[str, int]:
 
 
 def _computes(event: Any) -> bool:
+    """Whether `event` is an aten operator that computes (not in `NO_KERNEL`)."""
     return event.name.startswith("aten::") and event.name not in NO_KERNEL
 
 
@@ -143,6 +144,7 @@ def per_parameter_clip(parameters: list[torch.Tensor], max_norm: float, members:
 
 @contextlib.contextmanager
 def _clip(function: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """`ablations.train.clip_per_member` replaced by `function` inside the block."""
     original = train.clip_per_member
     train.clip_per_member = function
     try:
@@ -152,26 +154,9 @@ def _clip(function: Callable[..., torch.Tensor]) -> Iterator[None]:
 
 
 def _step(config: RunConfig, members: int) -> Callable[[], Any]:
-    """One `ablations.train.training_step` of `config` (``members`` stacked seeds), on CPU."""
-    task, device = tasks.get(config.task), torch.device("cpu")
-    models = []
-    for seed in range(members):
-        torch.manual_seed(seed)
-        models.append(build(config.variant, vocab=task.vocab, width=config.width,
-                            layers=config.layers, heads=config.heads, max_len=config.length))
-    model = models[0] if members == 1 else stack(models)
-    optimizer = train.make_optimizer(model, config, device=device, members=members)
-    sample = task.sample(members * config.batch_size, config.length,
-                         torch.Generator().manual_seed(0))
-    with_energy = config.variant.kind == "eqt"
-    context = {"mask": random_mask(sample.inputs, MASK_RATE)} if with_energy else {}
-    inputs, targets = (t.view(members, config.batch_size, config.length)
-                       for t in (sample.inputs, sample.targets))
-    scored = task.scored(config.length)
-    model.train()
-    return lambda: train.training_step(
-        model, optimizer, inputs, targets, context, scored=scored, beta=config.variant.beta,
-        grad_clip=config.grad_clip, with_energy=with_energy)
+    """One `ablations.train.training_step` of `config` (``members`` stacked seeds), on CPU;
+    `ablations.train.clip_per_member` looked up at each call (the reference rows swap it)."""
+    return training_setup(config, torch.device("cpu"), members=members).stepper()
 
 
 def _evaluation(config: RunConfig) -> tuple[str, Callable[[], Any]]:
@@ -208,6 +193,7 @@ def _configs(quick: bool) -> list[tuple[str, RunConfig]]:
 
 
 def run(*, quick: bool = False) -> Report:
+    """The table of the module docstring (quick: 1-2 layers, ensembles of 2)."""
     pin_threads()
     members = QUICK["members"] if quick else MEMBERS
     report = Report("dispatch", ["label", "layers", "measure", "members", "ops", "kernels",

@@ -13,9 +13,9 @@ it ends, so a kill leaves what was measured; their own files go under ``DIR/scra
 2. ``ensembles``: the same training step for a seed ensemble of the preset's 5 seeds
    (`eqtheory.model.ensemble.stack`) as wide as ``--ensemble auto`` makes it (fewer members
    where they would not fit), per label and T.
-3. ``concurrency``: `PROCESSES` processes, each training the ``ensembles`` section's seed
-   ensemble (fewer members where they would not all fit), timed at the same moment, cell by
-   cell: the gain of running several ensembles at once (``--ensemble auto --workers 4``).
+3. ``concurrency``: `PROCESSES` processes training seed ensembles of each label and T at the
+   same moment, each as wide as ``--ensemble auto --workers 4`` makes it
+   (`benchmarks.concurrent_steps`): the gain of running several ensembles at once.
 4. ``graphs``: each label's training step at each T captured as one CUDA graph
    (`benchmarks.graphed_step`) against the same step run eagerly: the speed-up, and the two
    copies' parameters after the same steps; in a subprocess (a failed capture can leave its
@@ -49,7 +49,6 @@ tiny model (lengths 8, 16, 32; compile with the ``aot_eager`` backend) to check 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import re
@@ -61,12 +60,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import torch
 
 from benchmarks.common import machine, pin_threads
+from benchmarks.training_setup import autocast_for, synchronize, training_setup
 
 SECTIONS = ("steps", "ensembles", "concurrency", "graphs", "sweep", "packing", "tests",
             "compile", "scan")
@@ -76,9 +75,7 @@ QUICK_SIZE = dict(layers=1, width=16, heads=2, batch_size=8, train_size=64, test
 WARMUP, REPEATS = 2, 5
 DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end within 8
 NEED_S = {"steps": 20, "ensembles": 20, "concurrency": 60, "graphs": 45, "sweep": 60,
-          "packing": 45,
-          "tests": 40,
-          "compile": 150, "scan": 40}
+          "packing": 45, "tests": 40, "compile": 90, "scan": 40}
 """Seconds a section needs at least; it is left out when less than this remains."""
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MIN = 60.0
@@ -136,17 +133,6 @@ def plan_configs(device: str, quick: bool, lengths: tuple[int, ...], out: Path):
     return plan(build_parser().parse_args(argv)).runs
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _autocast(config, device: torch.device) -> contextlib.AbstractContextManager:
-    if config.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool = True,
              compile_backend: str | None = None, repeats: int = REPEATS,
              before_timing: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -155,62 +141,38 @@ def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool =
     `repeats` steps; `before_timing` runs between the warm-up and the timed steps."""
     from ablations import tasks
     from ablations.evaluate import evaluate_all
-    from ablations.train import make_optimizer, training_step
-    from eqtheory.context import MASK_RATE
-    from eqtheory.energies.mask import random_mask
-    from eqtheory.model.ensemble import stack
-    from eqtheory.variants import build
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    task, length, batch = tasks.get(config.task), config.length, config.batch_size
-    _, test_set = tasks.datasets(task, length=length, seed=0, train_size=0,
+    task = tasks.get(config.task)
+    _, test_set = tasks.datasets(task, length=config.length, seed=0, train_size=0,
                                  test_size=config.test_size)
-    torch.manual_seed(0)
-    models = [build(config.variant, vocab=task.vocab, width=config.width, layers=config.layers,
-                    heads=config.heads, max_len=length).to(device) for _ in range(members)]
-    model = models[0] if members == 1 else stack(models)
-    if compile_backend is not None:
-        from ablations.compile import compile_model
-
-        compile_model(model, backend=compile_backend)
-    optimizer = make_optimizer(model, config, device=device, members=members)
-    sample = task.sample(members * batch, length, tasks.generator(0, "gpu", device=device))
-    with_energy = config.variant.kind == "eqt"
-    mask = random_mask(sample.inputs, MASK_RATE, generator=tasks.generator(
-        0, "mask", device=device)) if with_energy else None  # (M*B, T)
-    inputs, targets = (t.view(members, batch, length) for t in (sample.inputs, sample.targets))
-    scored, autocast = task.scored(length).to(device), _autocast(config, device)
-    _sync(device)
+    setup = training_setup(config, device, members=members, compile_backend=compile_backend)
+    autocast = autocast_for(config, device)
+    step = setup.stepper(autocast)
+    synchronize(device)
     setup_s = time.perf_counter() - started
 
-    context = {} if mask is None else {"mask": mask}
-
-    def step() -> None:
-        training_step(model, optimizer, inputs, targets, context, scored=scored,
-                      beta=config.variant.beta, grad_clip=config.grad_clip,
-                      with_energy=with_energy, autocast=autocast)
-
-    model.train()
     started = time.perf_counter()
     for _ in range(WARMUP):
         step()
-    _sync(device)
+    synchronize(device)
     first_s = time.perf_counter() - started
     if before_timing is not None:
         before_timing()
     started = time.perf_counter()
     for _ in range(repeats):
         step()
-    _sync(device)
+    synchronize(device)
     result = {"setup_s": setup_s, "warmup_s": first_s,
               "step_s": (time.perf_counter() - started) / repeats,
-              "params": sum(p.numel() for p in models[0].parameters())}
+              "params": sum(p.numel() for p in setup.models[0].parameters())}
     if evaluate:
         started = time.perf_counter()
-        evals = evaluate_all(model, test_set, task, config, device=device, autocast=autocast)
-        _sync(device)
+        evals = evaluate_all(setup.model, test_set, task, config, device=device,
+                             autocast=autocast())
+        synchronize(device)
         result["eval_s"] = time.perf_counter() - started
         result["acc"] = {stop: ev["acc"] for stop, ev in evals.items()}
     if device.type == "cuda":
@@ -267,99 +229,47 @@ def section_steps(check: Check, guard: Guard, *, ensembles: bool) -> dict[str, A
 PROCESSES = 4
 """Processes of the ``concurrency`` section: what ``--ensemble auto --workers 4`` runs at once."""
 CONCURRENT_REPEATS = 10
-MEMORY_SHARE = 0.8
-"""Of the device's memory, what the concurrent ensembles may take together (measured peaks)."""
 
 
-def _concurrent_worker(device: str, quick: bool, cells: list[tuple[str, Any, int]],
-                       barrier: Any, queue: Any) -> None:
-    """One of `PROCESSES` processes of `section_concurrency`: for each ``(label, config,
-    members)`` cell, the ensemble's step timed while the others time theirs (a barrier before
-    and after the timed steps); puts ``(index, step_s)`` or ``(index, error)`` on `queue`."""
-    import threading
+def section_concurrency(check: Check, guard: Guard, *, timer: Callable[..., dict[str, Any]]
+                        | None = None) -> dict[str, Any]:
+    """`PROCESSES` processes training seed ensembles of each planned (label, T) at the same
+    moment (`benchmarks.concurrent_steps`), each as wide as ``--ensemble auto --workers 4``
+    makes it now (`ablations.executors.ensemble_width` with ``share=PROCESSES``): how much the
+    device gains from running several ensembles side by side when one cannot fill it.
 
-    if device == "cpu":
-        pin_threads(1)
-    wait = lambda: barrier.wait(timeout=120)  # noqa: E731  (a dead peer must not hang us)
-    for index, (_, config, members) in enumerate(cells):
-        try:
-            timed = time_run(config, torch.device(device), members=members, evaluate=False,
-                             repeats=CONCURRENT_REPEATS, before_timing=wait)
-            queue.put((index, timed["step_s"]))
-            wait()
-        except threading.BrokenBarrierError:
-            queue.put((index, "a peer process failed"))
-        except Exception as error:  # noqa: BLE001  (reported by the parent, peers released)
-            barrier.abort()
-            queue.put((index, f"{type(error).__name__}: {error}"[:300]))
-        if device == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-
-
-def section_concurrency(check: Check, guard: Guard) -> dict[str, Any]:
-    """`PROCESSES` processes, each training the same seed ensemble as the ``ensembles`` section
-    (members capped so that all of them fit in `MEMORY_SHARE` of the device by the peaks it
-    measured), timed at once, cell by cell: how much the device gains from running several
-    ensembles side by side (``--ensemble auto --workers N``) when one cannot fill it.
-
-    Per cell: ``slowdown`` = packed step per member / alone step per member (where the cap
-    took members, the alone step is assumed linear in them), ``gain`` = processes / slowdown
-    (the throughput of the processes together over one ensemble's alone)."""
-    import multiprocessing
+    Per cell: ``slowdown`` = packed step per member / the ``ensembles`` section's step per
+    member (alone, at its own width), ``gain`` = processes / slowdown (the processes'
+    throughput together over one ensemble's alone). `timer`: `time_run` (tests pass a fake)."""
+    from ablations import presets
+    from ablations.executors import ensemble_width
+    from benchmarks.concurrent_steps import time_together
 
     alone = {(r["label"], r["T"]): r for r in check.results.get("ensembles", {}).get("rows", [])}
     if not alone:
         raise RuntimeError("needs the ensembles section's rows (run it first)")
+    if check.device == "cuda":  # what this process holds is not the workers' to use
+        gc.collect()
+        torch.cuda.empty_cache()
+    seeds = len(presets.get("paper").seeds)
     lengths = QUICK_LENGTHS if check.quick else LENGTHS
-    total = torch.cuda.mem_get_info()[1] / 2**30 if check.device == "cuda" else None
-    cells = []
-    for label, config in plan_configs(check.device, check.quick, lengths, check.scratch):
-        row = alone.get((label, config.length))
-        if row is None:
-            continue
-        members = row["members"]
-        if total is not None and row.get("peak_gib"):
-            fits = int(MEMORY_SHARE * total / (PROCESSES * row["peak_gib"] / members))
-            members = max(1, min(members, fits))
-        cells.append((label, config, members))
-    context = multiprocessing.get_context("spawn")
-    barrier, queue = context.Barrier(PROCESSES), context.Queue()
-    workers = [context.Process(target=_concurrent_worker, daemon=True,
-                               args=(check.device, check.quick, cells, barrier, queue))
-               for _ in range(PROCESSES)]
+    cells = [(label, config, ensemble_width("auto", config, seeds, share=PROCESSES))
+             for label, config in plan_configs(check.device, check.quick, lengths, check.scratch)
+             if (label, config.length) in alone]
     started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    timings: dict[int, list[float]] = {}
-    errors: dict[int, str] = {}
-    received, expected = 0, PROCESSES * len(cells)
-    while received < expected and guard.left() > 10:
-        try:
-            index, value = queue.get(timeout=1)
-        except Empty:
-            if not any(worker.is_alive() for worker in workers):
-                break
-            continue
-        received += 1
-        if isinstance(value, str):
-            errors.setdefault(index, value)
-        else:
-            timings.setdefault(index, []).append(value)
-    for worker in workers:
-        worker.join(timeout=5)
-        if worker.is_alive():
-            worker.kill()
+    timings, errors = time_together(
+        [(config, members) for _, config, members in cells], check.device,
+        processes=PROCESSES, timer=timer or time_run, repeats=CONCURRENT_REPEATS,
+        time_left=guard.left)
     rows = []
     for index, (label, config, members) in enumerate(cells):
-        key, steps = (label, config.length), timings.get(index, [])
+        steps = timings.get(index, [])
         if index in errors or len(steps) < PROCESSES:
             check.failures.append(f"concurrency: {label} T={config.length}: "
                                   f"{errors.get(index, 'not measured (time guard)')}")
             continue
-        single = alone[key]
+        single = alone[(label, config.length)]
         step_s = sum(steps) / len(steps)
-        # per member: where the cap took members, the alone step is taken as linear in them
         slowdown = (step_s / members) / (single["step_s"] / single["members"])
         rows.append({"label": label, "T": config.length, "members": members,
                      "alone_members": single["members"], "processes": PROCESSES,
@@ -483,8 +393,9 @@ for label, config in plan_configs(device, quick, QUICK_LENGTHS if quick else LEN
     (out / "graphs.json").write_text(json.dumps(rows))
 """
 GRAPH_TOLERANCE = 0.05
-"""Largest relative parameter difference between the eager and graphed copies after the same
-steps that counts as equal (bf16 rounding; on CPU they must agree exactly)."""
+"""Largest median drift (`benchmarks.graphed_step.drift`: the two copies' distance over each
+parameter's own change) that counts as the same training (bf16 rounding; a capture that
+replays nothing gives about 1; on CPU the copies must agree exactly)."""
 
 
 def section_graphs(check: Check, guard: Guard) -> dict[str, Any]:
@@ -499,9 +410,10 @@ def section_graphs(check: Check, guard: Guard) -> dict[str, Any]:
     for row in rows:
         if "error" in row:
             check.failures.append(f"graphs: {row['label']} T={row['T']}: {row['error']}")
-        elif row["param_rel_diff"] > tolerance:
-            check.failures.append(f"graphs: {row['label']} T={row['T']}: the graphed copy's "
-                                  f"parameters differ by {row['param_rel_diff']:.2g}")
+        elif row["drift_median"] > tolerance:
+            check.failures.append(f"graphs: {row['label']} T={row['T']}: the graphed copy "
+                                  f"trained differently (median drift "
+                                  f"{row['drift_median']:.2g})")
     if result["rc"] != 0 or not rows:
         check.failures.append(f"graphs: rc {result['rc']}, timed out {result['timed_out']}")
     return result
@@ -659,14 +571,15 @@ def markdown(payload: dict[str, Any]) -> str:
     if part and part.get("rows"):
         lines += ["## graphs", "", "One run's training step captured as one CUDA graph "
                   "(`benchmarks.graphed_step`; on CPU not captured), against the same step "
-                  "run eagerly; parameters of the two copies after the same steps.", "",
+                  "run eagerly; drift: the copies' distance after the same steps over each "
+                  "parameter's own change (median / largest).", "",
                   "| label | T | captured | eager step ms | graphed step ms | speed-up | "
-                  "capture s | parameter rel. difference |", "|---|---|---|---|---|---|---|---|"]
+                  "capture s | drift median / max |", "|---|---|---|---|---|---|---|---|"]
         for r in part["rows"]:
             lines.append(f"| {r['label']} | {r['T']} | {r['captured']} | "
                          f"{1e3 * r['eager_step_s']:.1f} | {1e3 * r['graphed_step_s']:.1f} | "
                          f"{r['speedup']:.2f} | {r['capture_s']:.2f} | "
-                         f"{r['param_rel_diff']:.2g} |")
+                         f"{r['drift_median']:.2g} / {r['drift_max']:.2g} |")
         lines.append("")
     grid = payload.get("extrapolation")
     if grid:

@@ -104,7 +104,7 @@ def test_whole_quick_cpu_pipeline(tmp_path: Path) -> None:
     _check_measured(payload)
     graphs = payload["graphs"]["rows"]
     assert len(graphs) == len(LABELS) * len(gpu_check.QUICK_LENGTHS)
-    assert all(not r["captured"] and r["param_rel_diff"] == 0 for r in graphs)  # CPU: eager
+    assert all(not r["captured"] and r["drift_max"] == 0 for r in graphs)  # CPU: eager
     assert payload["extrapolation"]["graphed_min"] > 0
     rows = payload["concurrency"]["rows"]
     assert {(r["label"], r["T"]) for r in rows} == {(label, t) for label in LABELS
@@ -166,6 +166,27 @@ def test_packed_extrapolation_scales_the_ensembles_by_the_slowdown_over_the_proc
     assert gpu_check.extrapolate(steps, ensembles)["packed_min"] is None  # not measured
 
 
+def test_graphed_speedups_are_taken_per_label_and_held_flat_beyond_the_measured_lengths(
+) -> None:
+    """Speed-ups measured at T = 8 and 64 only, 2 and 4 for EqT, 1 for the others: EqT's
+    steps at T >= 64 (64 ... 256) count a quarter, at 8 a half, at 16-48 in between; the other
+    labels' minutes are the sequential ones."""
+    cells = [(label, t) for label in sorted(LABELS) for t in (8, 64)]
+    steps = {"rows": [{"label": label, "T": t, "setup_s": 0.0, "step_s": 0.01, "eval_s": 0.0}
+                      for label, t in cells]}
+    graphs = {"rows": [{"label": label, "T": t, "speedup": (2.0 if t == 8 else 4.0)
+                        if label == "eqt" else 1.0} for label, t in cells]}
+    grid = gpu_check.extrapolate(steps, None, None, graphs)
+    rows = {r["label"]: r for r in grid["labels"]}
+    for label in LABELS - {"eqt"}:
+        assert rows[label]["graphed_min"] == pytest.approx(rows[label]["sequential_min"])
+    per_length = 5 * 3200 * 0.01 / 60  # minutes of one length's 5 seeds, sequentially
+    quarter = [64, 96, 128, 192, 256]  # flat at 4 beyond 64, not extended
+    between = {16: 2 + 2 * 8 / 56, 32: 2 + 2 * 24 / 56, 48: 2 + 2 * 40 / 56}
+    expected = per_length * (1 / 2 + sum(1 / s for s in between.values()) + len(quarter) / 4)
+    assert rows["eqt"]["graphed_min"] == pytest.approx(expected)
+
+
 def test_graphed_extrapolation_divides_the_training_steps_by_the_measured_speedup() -> None:
     """A speed-up of 4 at every measured cell: each label's training minutes fall 4-fold,
     its setup and evaluation stay."""
@@ -187,5 +208,40 @@ def test_a_graphed_step_on_cpu_runs_eagerly_and_matches_the_eager_copy() -> None
     label, config = next(item for item in gpu_check.plan_configs(
         "cpu", True, (8,), Path("unused")) if item[0] == "eqt")
     result = graphed_step.measure(config, torch.device("cpu"))
-    assert result["captured"] is False and result["param_rel_diff"] == 0.0
+    assert result["captured"] is False and result["drift_max"] == 0.0
     assert result["eager_step_s"] > 0 and result["graphed_step_s"] > 0
+
+
+def test_a_cell_that_fails_in_one_concurrent_process_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process runs out of memory at the first length-16 cell while its peers wait at that
+    cell's barrier: that cell is reported failed, every later cell is still timed by every
+    process (each cell has its own barrier), and the messages add up (one per process and
+    cell, so the parent does not wait for the time guard)."""
+    from tests.concurrency_fakes import FAIL_ONCE, fake_time_run
+
+    monkeypatch.setenv(FAIL_ONCE, str(tmp_path / "failed"))
+    monkeypatch.setattr(gpu_check, "PROCESSES", 2)
+    check = gpu_check.Check(out=tmp_path, device="cpu", quick=True, command="test")
+    check.results["ensembles"] = {"rows": [
+        {"label": label, "T": t, "members": 1, "step_s": 1e-3 * t}
+        for label in LABELS for t in gpu_check.QUICK_LENGTHS]}
+    guard = gpu_check.Guard(600)
+    part = gpu_check.section_concurrency(check, guard, timer=fake_time_run)
+    assert len(check.failures) == 1 and "T=16" in check.failures[0]
+    assert "OutOfMemoryError" in check.failures[0] or "a peer process failed" in check.failures[0]
+    measured = {(r["label"], r["T"]) for r in part["rows"]}
+    assert len(measured) == len(LABELS) * len(gpu_check.QUICK_LENGTHS) - 1
+    assert all(r["processes"] == 2 and r["slowdown"] > 0 for r in part["rows"])
+    assert guard.elapsed() < 120  # ended on its messages, not on a barrier's or guard's timeout
+
+
+def test_drift_is_zero_for_equal_training_and_one_for_a_copy_that_did_not_move() -> None:
+    from benchmarks.graphed_step import drift
+
+    start = [torch.zeros(3), torch.ones(2)]
+    eager = [torch.tensor([1.0, 2.0, 2.0]), torch.tensor([1.0, 4.0])]
+    assert drift(start, eager, eager) == [0.0, 0.0]
+    assert drift(start, eager, start) == pytest.approx([1.0, 1.0])  # replays did nothing
+    assert drift(start, start, start) == [0.0, 0.0]  # neither moved

@@ -77,3 +77,39 @@ def test_a_nonfinite_gradient_is_zeroed_for_its_member_only(members):
         assert (first == 0).all()
         if members > 1:
             assert torch.equal(p.grad[1:], want[1:])
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["float64", "with-float32"])
+@pytest.mark.parametrize("members", [1, 3])
+def test_each_member_is_clipped_as_clip_grad_norm_clips_it_alone(members, mixed):
+    """`clip_per_member` against `torch.nn.utils.clip_grad_norm_` on each member's own slices
+    (float64 to 1e-12), with a parameter that has no gradient, and (``mixed``) one float32
+    gradient among them (then to float32's precision, which the norm then carries)."""
+    generator = torch.Generator().manual_seed(3)
+    lead = (members,) if members > 1 else ()
+    shapes = [(4, 3), (5,), (2, 2, 2)]
+    params = [torch.nn.Parameter(torch.zeros(*lead, *s, dtype=torch.float64)) for s in shapes]
+    if mixed:
+        params.append(torch.nn.Parameter(torch.zeros(*lead, 3)))  # float32
+    params.append(torch.nn.Parameter(torch.zeros(*lead, 2, dtype=torch.float64)))  # no grad
+    for p in params[:-1]:
+        p.grad = 3 * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+    for n in range(members):  # the reference: each member alone
+        alone = [torch.nn.Parameter((p[n] if members > 1 else p).detach().clone())
+                 for p in params[:-1]]
+        for a, p in zip(alone, params[:-1]):
+            a.grad = (p.grad[n] if members > 1 else p.grad).clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        if n == 0:
+            expected = [[] for _ in alone]
+        for slot, a in zip(expected, alone):
+            slot.append(a.grad)
+    assert not clip_per_member(params, 1.0, members).any()
+    for p, want in zip(params[:-1], expected):
+        got = [p.grad[n] for n in range(members)] if members > 1 else [p.grad]
+        for g, w in zip(got, want):
+            tolerance = 1e-6 if mixed else 1e-12
+            torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
+    assert params[-1].grad is None
+    none = [torch.nn.Parameter(torch.zeros(2))]
+    assert clip_per_member(none, 1.0, 1).tolist() == [False]  # no gradient at all

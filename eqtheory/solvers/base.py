@@ -83,7 +83,7 @@ def write_slot(buffer: Tensor, dim: int, slot: int, value: Tensor) -> Tensor:
         shape = [1] * buffer.dim()
         shape[dim] = buffer.shape[dim]
         here = (torch.arange(buffer.shape[dim], device=buffer.device) == slot).view(shape)
-        return torch.where(here, value.unsqueeze(dim), buffer)
+        return torch.where(here, value.unsqueeze(dim).to(buffer.dtype), buffer)  # as copy_
     buffer.select(dim, slot).copy_(value)
     return buffer
 

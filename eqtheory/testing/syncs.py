@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,7 +47,8 @@ SHAPES = ("nonzero", "masked_select", "unique")
 @dataclass
 class Syncs:
     """What `count_syncs` saw: ``count`` host synchronisations, each named in ``sites`` (e.g.
-    ``"Tensor.__bool__"``, ``"torch.nonzero"``, ``"cuda"`` for a CUDA sync-debug warning)."""
+    ``"Tensor.__bool__"``, ``"torch.nonzero"``, ``"cuda (loop.py:212)"`` for a CUDA sync-debug
+    warning, with the file and line of the Python call that made it)."""
 
     sites: list[str] = field(default_factory=list)
 
@@ -131,8 +133,8 @@ def count_syncs() -> Iterator[Syncs]:
                 torch.cuda.set_sync_debug_mode(previous)
             patcher.remove()
     for warning in caught:  # the debug mode's warnings counted, any other passed on
-        if "synchroniz" in str(warning.message).lower():
-            syncs.sites.append("cuda")
+        if "synchroniz" in str(warning.message).lower():  # named by the Python line that made it
+            syncs.sites.append(f"cuda ({os.path.basename(warning.filename)}:{warning.lineno})")
         else:
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
