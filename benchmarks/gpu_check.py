@@ -65,6 +65,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import machine, pin_threads
+from benchmarks.gpu_check_report import markdown
+from benchmarks.grid_extrapolation import extrapolate
 from benchmarks.training_setup import autocast_for, synchronize, training_setup
 
 SECTIONS = ("steps", "ensembles", "concurrency", "graphs", "sweep", "packing", "tests",
@@ -78,7 +80,6 @@ NEED_S = {"steps": 20, "ensembles": 20, "concurrency": 60, "graphs": 45, "sweep"
           "packing": 45, "tests": 40, "compile": 90, "scan": 40}
 """Seconds a section needs at least; it is left out when less than this remains."""
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_MIN = 60.0
 
 
 class Guard:
@@ -438,187 +439,6 @@ def section_scan(check: Check, guard: Guard) -> dict[str, Any]:
     else:
         check.failures.append(f"scan: rc {result['rc']}, timed out {result['timed_out']}")
     return result
-
-
-def _at(length: int, points: list[tuple[int, float]]) -> float:
-    """Piecewise-linear in T through the measured ``(T, value)`` points, extended linearly
-    beyond them (one point: that value); never below 0."""
-    points = sorted(points)
-    if len(points) == 1:
-        return points[0][1]
-    index = 0
-    while index < len(points) - 2 and length > points[index + 1][0]:
-        index += 1
-    (t0, v0), (t1, v1) = points[index], points[index + 1]
-    return max(0.0, v0 + (v1 - v0) * (length - t0) / (t1 - t0))
-
-
-def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
-                concurrency: dict[str, Any] | None = None,
-                graphs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The paper grid's wall time on this device from the measured cells (see the module
-    docstring); minutes, per label and in total: sequential, with seed ensembles, and with
-    `PROCESSES` seed ensembles at once.
-
-    A run costs ``setup + train_steps x step + eval`` (checkpoints and process start are not
-    counted). With ensembles, a seed's training costs its share of the measured ensemble step
-    (``step / members``, at the width ``--ensemble auto`` takes), so 5 seeds at width 2 count
-    as 2.5 ensemble steps where three groups (2, 2, 1) take 2 + one single step. Packed, every
-    part of a seed's cost is multiplied by the slowdown the ``concurrency`` section measured for
-    its label (linear in T) and the sum divided by the number of processes: the device is
-    assumed busy with that many ensembles throughout (no tail where fewer are left). Graphed,
-    a run's training steps are divided by the speed-up the ``graphs`` section measured for its
-    label (linear in T, held flat beyond the measured lengths); setup and evaluation unchanged."""
-    from ablations import presets
-
-    paper = presets.get("paper")
-    seeds, train_steps = len(paper.seeds), paper.config["train_steps"]
-    single = {r["label"]: [] for r in steps["rows"]}
-    for row in steps["rows"]:
-        single[row["label"]].append(row)
-    joint = {}  # per label: (T, seconds per member per step) of the measured ensembles
-    for row in (ensembles or {}).get("rows", []):
-        joint.setdefault(row["label"], []).append((row["T"], row["step_s"] / row["members"]))
-    slowdown = {}  # per label: (T, packed step / alone step) at equal members
-    for row in (concurrency or {}).get("rows", []):
-        slowdown.setdefault(row["label"], []).append((row["T"], row["slowdown"]))
-    processes = (concurrency or {}).get("processes", PROCESSES)
-    speedup = {}  # per label: (T, eager step / graphed step)
-    for row in (graphs or {}).get("rows", []):
-        speedup.setdefault(row["label"], []).append((row["T"], row["speedup"]))
-    labels, total, total_joint, total_packed, total_graphed = [], 0.0, 0.0, 0.0, 0.0
-    for label, rows in single.items():
-        def fit(key: str, rows=rows) -> Callable[[int], float]:
-            return lambda length: _at(length, [(r["T"], r[key]) for r in rows])
-
-        setup, step, evaluate = fit("setup_s"), fit("step_s"), fit("eval_s")
-        alone = sum(seeds * (setup(t) + train_steps * step(t) + evaluate(t))
-                    for t in paper.lengths)
-        together = packed = None
-        if label in joint:
-            per_length = {t: seeds * (setup(t) + evaluate(t) + train_steps * _at(t, joint[label]))
-                          for t in paper.lengths}
-            together = sum(per_length.values())
-            total_joint += together
-            if label in slowdown:
-                packed = sum(cost * _flat(t, slowdown[label])
-                             for t, cost in per_length.items()) / processes
-                total_packed += packed
-        graphed = None
-        if label in speedup:
-            graphed = sum(seeds * (setup(t) + evaluate(t) + train_steps * step(t) / _flat(
-                t, speedup[label])) for t in paper.lengths)
-            total_graphed += graphed
-        total += alone
-        labels.append({"label": label, "sequential_min": alone / 60,
-                       "ensembles_min": None if together is None else together / 60,
-                       "packed_min": None if packed is None else packed / 60,
-                       "graphed_min": None if graphed is None else graphed / 60})
-    complete = len(single) == 4 and all(len(rows) >= 2 for rows in single.values())
-    return {"labels": labels, "sequential_min": total / 60,
-            "ensembles_min": total_joint / 60 if len(joint) == len(single) else None,
-            "packed_min": total_packed / 60 if len(slowdown) == len(single) else None,
-            "graphed_min": total_graphed / 60 if len(speedup) == len(single) else None,
-            "processes": processes,
-            "runs": seeds * len(paper.lengths) * len(single), "train_steps": train_steps,
-            "lengths": list(paper.lengths), "complete": complete}
-
-
-def _flat(length: int, points: list[tuple[int, float]]) -> float:
-    """A measured ratio at `length`: linear between the ``(T, ratio)`` points, held flat
-    beyond them (a ratio extended linearly could turn negative)."""
-    low, high = min(points)[0], max(points)[0]
-    return _at(min(max(length, low), high), points)
-
-
-def markdown(payload: dict[str, Any]) -> str:
-    """The Markdown report of `Check.write`'s payload."""
-    info = payload["machine"]
-    lines = ["# GPU check", "", f"Machine: {info['cpu']}, {info['cores']} cores, torch "
-             f"{info['torch']}, CUDA device: {info['cuda']}; device used: {payload['device']}"
-             f"{' (quick: tiny model)' if payload['quick'] else ''}.", "",
-             f"Command: `{payload['command']}`; wall time {payload.get('wall_s', 0):.0f} s.", ""]
-    for name in ("steps", "ensembles"):
-        part = payload.get(name)
-        if not part or "rows" not in part:
-            continue
-        bf16 = part["amp"] and payload["device"] == "cuda"
-        lines += [f"## {name}", "", f"Batch {part['batch']} per member, width "
-                  f"{part['width']}, bf16 autocast: {bf16}; step = mean of "
-                  f"{part['repeats']} after {part['warmup']} warm-up steps.", "",
-                  "| label | T | layers | members | setup s | step ms | eval s | peak GiB |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in part["rows"]:
-            lines.append(
-                f"| {r['label']} | {r['T']} | {r['layers']} | {r['members']} | "
-                f"{r['setup_s']:.2f} | {1e3 * r['step_s']:.1f} | "
-                f"{_num(r.get('eval_s'), '.2f')} | {_num(r.get('peak_gib'), '.2f')} |")
-        lines.append("")
-    part = payload.get("concurrency")
-    if part and "rows" in part:
-        lines += ["## concurrency", "", f"{part['processes']} processes, each timing the same "
-                  f"seed ensemble's step over {part['repeats']} steps at the same moment; "
-                  "alone: the ensembles section's step; gain: processes / slowdown.", "",
-                  "| label | T | members | packed step ms | alone: members | alone step ms "
-                  "| slowdown per member | gain |", "|---|---|---|---|---|---|---|---|"]
-        for r in part["rows"]:
-            lines.append(f"| {r['label']} | {r['T']} | {r['members']} | "
-                         f"{1e3 * r['step_s']:.1f} | {r['alone_members']} | "
-                         f"{1e3 * r['alone_step_s']:.1f} | {r['slowdown']:.2f} | "
-                         f"{r['gain']:.2f} |")
-        lines.append("")
-    part = payload.get("graphs")
-    if part and part.get("rows"):
-        lines += ["## graphs", "", "One run's training step captured as one CUDA graph "
-                  "(`benchmarks.graphed_step`; on CPU not captured), against the same step "
-                  "run eagerly; drift: the copies' distance after the same steps over each "
-                  "parameter's own change (median / largest).", "",
-                  "| label | T | captured | eager step ms | graphed step ms | speed-up | "
-                  "capture s | drift median / max |", "|---|---|---|---|---|---|---|---|"]
-        for r in part["rows"]:
-            lines.append(f"| {r['label']} | {r['T']} | {r['captured']} | "
-                         f"{1e3 * r['eager_step_s']:.1f} | {1e3 * r['graphed_step_s']:.1f} | "
-                         f"{r['speedup']:.2f} | {r['capture_s']:.2f} | "
-                         f"{r['drift_median']:.2g} / {r['drift_max']:.2g} |")
-        lines.append("")
-    grid = payload.get("extrapolation")
-    if grid:
-        missing = "" if grid["complete"] else " INCOMPLETE: cells are missing."
-        packed = f"{grid.get('processes', PROCESSES)} ensembles at once min"
-        graphed = "one run at a time, steps captured min"
-        lines += ["## paper grid, extrapolated", "", f"{grid['runs']} runs x "
-                  f"{grid['train_steps']} steps, lengths {grid['lengths']}; minutes on this "
-                  f"device: one run at a time, one seed ensemble at a time, and several seed "
-                  f"ensembles at once.{missing}", "",
-                  f"| label | sequential min | seed ensembles min | {packed} | {graphed} |",
-                  "|---|---|---|---|---|"]
-        for r in grid["labels"]:
-            lines.append(f"| {r['label']} | {r['sequential_min']:.1f} | "
-                         f"{_num(r['ensembles_min'], '.1f')} | "
-                         f"{_num(r.get('packed_min'), '.1f')} | "
-                         f"{_num(r.get('graphed_min'), '.1f')} |")
-        lines += [f"| **total** | **{grid['sequential_min']:.1f}** | "
-                  f"**{_num(grid['ensembles_min'], '.1f')}** | "
-                  f"**{_num(grid.get('packed_min'), '.1f')}** | "
-                  f"**{_num(grid.get('graphed_min'), '.1f')}** |", "",
-                  f"Target: under {TARGET_MIN:.0f} min.", ""]
-    measured = ("steps", "ensembles", "concurrency", "graphs", "scan")  # own tables, or an error
-    for name in ("sweep", "packing", "tests", "compile",
-                 *(n for n in measured if "error" in payload.get(n, {}))):
-        part = payload.get(name)
-        if part:
-            shown = {k: v for k, v in part.items() if k != "tail"}
-            lines += [f"## {name}", "", "```", json.dumps(shown, indent=1, default=str)[:3000],
-                      "```", ""]
-    if "markdown" in payload.get("scan", {}):
-        lines += [payload["scan"]["markdown"], ""]
-    lines += ["## outcome", "", f"Failures: {payload['failures'] or 'none'}",
-              f"Left out: {payload['left_out'] or 'none'}", ""]
-    return "\n".join(lines)
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str] | None = None) -> int:

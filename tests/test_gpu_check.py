@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check
+from benchmarks import gpu_check, grid_extrapolation
 
 LABELS = {"baseline", "eqt", "aux-only", "compute-matched"}
 
@@ -50,12 +50,12 @@ def test_the_time_guard_leaves_sections_out_and_still_writes(tmp_path: Path) -> 
 
 def test_interpolation_is_piecewise_linear_and_extends_beyond_the_points() -> None:
     points = [(8, 1.0), (64, 2.0), (256, 6.0)]
-    assert gpu_check._at(8, points) == 1.0
-    assert gpu_check._at(36, points) == pytest.approx(1.5)
-    assert gpu_check._at(160, points) == pytest.approx(4.0)
-    assert gpu_check._at(512, points) == pytest.approx(6.0 + 4.0 * 256 / 192)
-    assert gpu_check._at(0, [(8, 1.0), (16, 3.0)]) == 0.0  # never below 0
-    assert gpu_check._at(100, [(8, 2.5)]) == 2.5
+    assert grid_extrapolation.at_length(8, points) == 1.0
+    assert grid_extrapolation.at_length(36, points) == pytest.approx(1.5)
+    assert grid_extrapolation.at_length(160, points) == pytest.approx(4.0)
+    assert grid_extrapolation.at_length(512, points) == pytest.approx(6.0 + 4.0 * 256 / 192)
+    assert grid_extrapolation.at_length(0, [(8, 1.0), (16, 3.0)]) == 0.0  # never below 0
+    assert grid_extrapolation.at_length(100, [(8, 2.5)]) == 2.5
 
 
 def _check_measured(payload: dict) -> None:
@@ -153,7 +153,7 @@ def test_packed_extrapolation_scales_the_ensembles_by_the_slowdown_over_the_proc
                           for label, t in cells]}
     concurrency = {"processes": 4, "rows": [{"label": label, "T": t, "slowdown": 2.0}
                                             for label, t in cells]}
-    grid = gpu_check.extrapolate(steps, ensembles, concurrency)
+    grid = grid_extrapolation.extrapolate(steps, ensembles, concurrency)
     assert grid["processes"] == 4 and grid["complete"]
     for row in grid["labels"]:
         assert row["packed_min"] == pytest.approx(row["ensembles_min"] * 2 / 4)
@@ -161,9 +161,9 @@ def test_packed_extrapolation_scales_the_ensembles_by_the_slowdown_over_the_proc
     assert grid["packed_min"] == pytest.approx(grid["ensembles_min"] / 2)
     concurrency["rows"] = [dict(r, slowdown=1.0 if r["T"] == 8 else 3.0)
                            for r in concurrency["rows"]]
-    flat = gpu_check.extrapolate(steps, ensembles, concurrency)
+    flat = grid_extrapolation.extrapolate(steps, ensembles, concurrency)
     assert flat["packed_min"] < flat["ensembles_min"] * 3 / 4  # not extended past 3 at 256
-    assert gpu_check.extrapolate(steps, ensembles)["packed_min"] is None  # not measured
+    assert grid_extrapolation.extrapolate(steps, ensembles)["packed_min"] is None  # not measured
 
 
 def test_graphed_speedups_are_taken_per_label_and_held_flat_beyond_the_measured_lengths(
@@ -176,7 +176,7 @@ def test_graphed_speedups_are_taken_per_label_and_held_flat_beyond_the_measured_
                       for label, t in cells]}
     graphs = {"rows": [{"label": label, "T": t, "speedup": (2.0 if t == 8 else 4.0)
                         if label == "eqt" else 1.0} for label, t in cells]}
-    grid = gpu_check.extrapolate(steps, None, None, graphs)
+    grid = grid_extrapolation.extrapolate(steps, None, None, graphs)
     rows = {r["label"]: r for r in grid["labels"]}
     for label in LABELS - {"eqt"}:
         assert rows[label]["graphed_min"] == pytest.approx(rows[label]["sequential_min"])
@@ -194,10 +194,10 @@ def test_graphed_extrapolation_divides_the_training_steps_by_the_measured_speedu
     steps = {"rows": [{"label": label, "T": t, "setup_s": 0.0, "step_s": 0.02, "eval_s": 0.0}
                       for label, t in cells]}
     graphs = {"rows": [{"label": label, "T": t, "speedup": 4.0} for label, t in cells]}
-    grid = gpu_check.extrapolate(steps, None, None, graphs)
+    grid = grid_extrapolation.extrapolate(steps, None, None, graphs)
     assert grid["graphed_min"] == pytest.approx(grid["sequential_min"] / 4)
     steps["rows"] = [dict(r, eval_s=1.0) for r in steps["rows"]]
-    with_eval = gpu_check.extrapolate(steps, None, None, graphs)
+    with_eval = grid_extrapolation.extrapolate(steps, None, None, graphs)
     evaluations = 180 * 1.0 / 60  # one evaluation per run, not sped up
     assert with_eval["graphed_min"] == pytest.approx(grid["graphed_min"] + evaluations)
 
