@@ -39,6 +39,17 @@ def test_the_counter_counts_reads_and_shape_dependent_ops_only():
     ]
 
 
+def test_only_the_debug_modes_sync_reports_count_as_cuda_syncs():
+    """The first `set_sync_debug_mode` of a process warns that the mode is a prototype; that
+    notice (which mentions synchronisation) is no sync: it made the first CUDA test on an H200
+    count one."""
+    from eqtheory.testing.syncs import is_sync_warning
+
+    assert is_sync_warning("called a synchronizing CUDA operation")
+    assert not is_sync_warning("Synchronization debug mode is a prototype feature and does not "
+                               "yet detect all synchronizing operations")
+
+
 def test_the_counter_removes_its_patches():
     before = {name: name in vars(torch.Tensor) for name in ("__bool__", "item", "__getitem__")}
     with count_syncs():

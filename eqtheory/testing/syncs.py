@@ -110,6 +110,17 @@ class _Patcher:
         self.saved.clear()
 
 
+SYNC_WARNING = "called a synchronizing CUDA operation"
+"""What ``torch.cuda.set_sync_debug_mode("warn")`` warns at each synchronising CUDA call."""
+
+
+def is_sync_warning(message: str) -> bool:
+    """Whether a warning's text is the sync-debug mode's report of a sync (not, say, the notice
+    ``"Synchronization debug mode is a prototype feature ..."`` that the first
+    ``set_sync_debug_mode`` of a process emits, which is no sync)."""
+    return SYNC_WARNING in message
+
+
 @contextmanager
 def count_syncs() -> Iterator[Syncs]:
     """Count the host synchronisations made inside the ``with`` block (see the module docstring).
@@ -133,7 +144,7 @@ def count_syncs() -> Iterator[Syncs]:
                 torch.cuda.set_sync_debug_mode(previous)
             patcher.remove()
     for warning in caught:  # the debug mode's warnings counted, any other passed on
-        if "synchroniz" in str(warning.message).lower():  # named by the Python line that made it
+        if is_sync_warning(str(warning.message)):  # named by the Python line that made it
             syncs.sites.append(f"cuda ({os.path.basename(warning.filename)}:{warning.lineno})")
         else:
             warnings.warn_explicit(
@@ -141,4 +152,4 @@ def count_syncs() -> Iterator[Syncs]:
             )
 
 
-__all__ = ["READS", "SHAPES", "Syncs", "count_syncs"]
+__all__ = ["READS", "SHAPES", "SYNC_WARNING", "Syncs", "count_syncs", "is_sync_warning"]
