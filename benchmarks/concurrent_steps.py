@@ -6,7 +6,7 @@ spawned processes that go through the same cells in order; for each cell every p
 its model, warms up, waits at the cell's own barrier, times its steps and waits again, so the
 timed steps overlap. Each process sends exactly one message per cell: its mean step time or
 the reason it has none (its own error, or a peer's, which breaks that cell's barrier and only
-that cell's).
+that cell's). A process that dies without a message is noticed by its exit code.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ Timer = Callable[..., dict[str, Any]]
 ``{"step_s": ...}``: `benchmarks.gpu_check.time_run`; picklable (a module-level function)."""
 
 
-def _worker(device: str, cells: list[tuple[Any, int]], barriers: list[Any], queue: Any,
-            timer: Timer, repeats: int) -> None:
-    """One process of `time_together`: every ``(config, members)`` cell in order, one
-    ``(index, step_s | reason)`` message each."""
+PEER_FAILED = "a peer process failed at this cell"
+
+
+def _worker(rank: int, device: str, cells: list[tuple[Any, int]], barriers: list[Any],
+            queue: Any, timer: Timer, repeats: int) -> None:
+    """Process `rank` of `time_together`: every ``(config, members)`` cell in order, one
+    ``(rank, index, step_s | reason)`` message each."""
     if device == "cpu":
         torch.set_num_threads(1)
     for index, (config, members) in enumerate(cells):
@@ -39,18 +42,16 @@ def _worker(device: str, cells: list[tuple[Any, int]], barriers: list[Any], queu
         def wait(barrier: Any = barrier) -> None:
             barrier.wait(timeout=BARRIER_S)
 
-        message: float | str
         try:
             timed = timer(config, torch.device(device), members=members, evaluate=False,
                           repeats=repeats, before_timing=wait)
             wait()  # the peers' timed steps ran beside ours to the end
-            message = timed["step_s"]
+            queue.put((rank, index, timed["step_s"]))
         except threading.BrokenBarrierError:
-            message = "a peer process failed at this cell"
+            queue.put((rank, index, PEER_FAILED))
         except Exception as error:  # noqa: BLE001  (reported by the parent; peers released)
-            barrier.abort()
-            message = f"{type(error).__name__}: {error}"[:300]
-        queue.put((index, message))
+            queue.put((rank, index, f"{type(error).__name__}: {error}"[:300]))
+            barrier.abort()  # after our reason is on its way: the peers' reports follow it
         if device == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
@@ -62,35 +63,52 @@ def time_together(cells: list[tuple[Any, int]], device: str, *, processes: int, 
     """Time every ``(config, members)`` cell in `processes` processes at once.
 
     Returns ``(timings, errors)``: per cell index, the step times of the processes that timed
-    it, and the first reason a process gave for not timing it. Stops reading when every message
-    came, every process ended, or `time_left` falls under 10 s (then the processes are killed
-    and the cells not reported are in neither dict)."""
+    it, and why a cell was not timed by all of them (a process's own error before a peer's
+    report that it failed). A process that dies (exit code other than 0) fails the cells it
+    had not reported, and the barriers are broken so that its peers stop waiting for it. Stops
+    when every process reported every cell or died, or when `time_left` falls under 10 s; the
+    processes are killed and reaped either way."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     barriers, queue = [context.Barrier(processes) for _ in cells], context.Queue()
     workers = [context.Process(target=_worker, daemon=True,
-                               args=(device, cells, barriers, queue, timer, repeats))
-               for _ in range(processes)]
-    for worker in workers:
-        worker.start()
+                               args=(rank, device, cells, barriers, queue, timer, repeats))
+               for rank in range(processes)]
     timings: dict[int, list[float]] = {}
     errors: dict[int, str] = {}
-    received, expected = 0, processes * len(cells)
-    while received < expected and time_left() > 10:
-        try:
-            index, message = queue.get(timeout=1)
-        except Empty:
-            if not any(worker.is_alive() for worker in workers):
-                break
-            continue
-        received += 1
-        if isinstance(message, str):
-            errors.setdefault(index, message)
-        else:
-            timings.setdefault(index, []).append(message)
-    for worker in workers:
-        worker.join(timeout=5)
-        if worker.is_alive():
-            worker.kill()
+    reported: list[set[int]] = [set() for _ in workers]
+
+    def fail(index: int, reason: str) -> None:
+        if index not in errors or errors[index] == PEER_FAILED:
+            errors[index] = reason
+
+    try:
+        for worker in workers:
+            worker.start()
+        while time_left() > 10 and any(len(done) < len(cells) for done in reported):
+            try:
+                rank, index, message = queue.get(timeout=1)
+            except Empty:
+                for rank, worker in enumerate(workers):
+                    if worker.exitcode not in (None, 0) and len(reported[rank]) < len(cells):
+                        for index in set(range(len(cells))) - reported[rank]:
+                            fail(index, f"process {rank} died (exit code {worker.exitcode})")
+                        reported[rank] = set(range(len(cells)))
+                        for barrier in barriers:
+                            barrier.abort()
+                continue
+            if index in reported[rank]:
+                continue  # after its process was declared dead
+            reported[rank].add(index)
+            if isinstance(message, str):
+                fail(index, message)
+            else:
+                timings.setdefault(index, []).append(message)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+        for worker in workers:
+            worker.join()
     return timings, errors

@@ -37,7 +37,8 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
     (``step / members``, at the width ``--ensemble auto`` takes), so 5 seeds at width 2 count
     as 2.5 ensemble steps where three groups (2, 2, 1) take 2 + one single step. Packed, every
     part of a seed's cost is multiplied by the slowdown the ``concurrency`` section measured for
-    its label (linear in T) and the sum divided by the number of processes: the device is
+    its label (linear in T between the measured lengths, held flat beyond them) and the sum
+    divided by the number of processes: the device is
     assumed busy with that many ensembles throughout (no tail where fewer are left). Graphed,
     a run's training steps are divided by the speed-up the ``graphs`` section measured for its
     label (linear in T, held flat beyond the measured lengths); setup and evaluation unchanged."""
@@ -51,7 +52,7 @@ def extrapolate(steps: dict[str, Any], ensembles: dict[str, Any] | None,
     joint = {}  # per label: (T, seconds per member per step) of the measured ensembles
     for row in (ensembles or {}).get("rows", []):
         joint.setdefault(row["label"], []).append((row["T"], row["step_s"] / row["members"]))
-    slowdown = {}  # per label: (T, packed step / alone step) at equal members
+    slowdown = {}  # per label: (T, packed step per member / alone step per member)
     for row in (concurrency or {}).get("rows", []):
         slowdown.setdefault(row["label"], []).append((row["T"], row["slowdown"]))
     processes = (concurrency or {}).get("processes", 1)

@@ -113,7 +113,7 @@ def test_dispatch_attributes_an_eqt_steps_kernels_to_every_part_of_the_step():
     step()
     step()
     sites = dispatch.kernels_by_site(step)
-    assert label == "eqt"
+    assert label == "eqt" and sum(sites.values()) == dispatch._counts(step)["kernels"]
     for name in ("energy terms (forward)", "refinement loop and solver",
                  "backbone and heads (forward)", "other (loss, optimizer)"):
         assert sites[name] > 0, sites

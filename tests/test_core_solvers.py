@@ -85,3 +85,18 @@ def test_float32_fixed_point_with_collinear_residuals(name):
     assert sol.counts() == {"converged": 3}, sol.messages()
 
 
+
+
+def test_write_slot_out_of_place_keeps_the_buffers_dtype_and_its_other_slots():
+    """The path that records a graph (a one-hot mask, no index tensor) writes like the in-place
+    path's ``copy_``: the buffer's dtype, only the slot changed, gradients to both inputs."""
+    from eqtheory.solvers.base import write_slot
+
+    buffer = torch.zeros(2, 3, 4, requires_grad=True)
+    value = torch.arange(8, dtype=torch.float64).reshape(2, 4).requires_grad_()
+    written = write_slot(buffer, 1, 2, value)
+    assert written.dtype == torch.float32 and written.shape == (2, 3, 4)
+    assert torch.equal(written[:, 2], value.float()) and not written[:, :2].any()
+    written.sum().backward()
+    assert buffer.grad[:, 2].eq(0).all() and buffer.grad[:, :2].eq(1).all()
+    assert value.grad.eq(1).all()

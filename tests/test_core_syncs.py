@@ -4,6 +4,8 @@ loop read nothing back to the host, whatever K (issue 11, item 2), which also le
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -46,8 +48,15 @@ def test_only_the_debug_modes_sync_reports_count_as_cuda_syncs():
     from eqtheory.testing.syncs import is_sync_warning
 
     assert is_sync_warning("called a synchronizing CUDA operation")
-    assert not is_sync_warning("Synchronization debug mode is a prototype feature and does not "
-                               "yet detect all synchronizing operations")
+    notice = ("Synchronization debug mode is a prototype feature and does not yet detect all "
+              "synchronizing operations")
+    assert not is_sync_warning(notice)
+    with pytest.warns(UserWarning, match="prototype feature"):  # passed on, not counted
+        with count_syncs() as syncs:
+            warnings.warn(notice, UserWarning, stacklevel=1)
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+    (site,) = syncs.sites
+    assert site.startswith("cuda (test_core_syncs.py:")
 
 
 def test_the_counter_removes_its_patches():

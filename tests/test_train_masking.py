@@ -113,3 +113,5 @@ def test_each_member_is_clipped_as_clip_grad_norm_clips_it_alone(members, mixed)
     assert params[-1].grad is None
     none = [torch.nn.Parameter(torch.zeros(2))]
     assert clip_per_member(none, 1.0, 1).tolist() == [False]  # no gradient at all
+    elsewhere = [torch.nn.Parameter(torch.zeros(3, 2, device="meta"))]
+    assert clip_per_member(elsewhere, 1.0, 3).device.type == "meta"  # the parameters' device
