@@ -79,6 +79,9 @@ def test_a_killed_unreaped_sweep_is_taken_back_at_once(
         wait_for(database, lambda rows: any(r.status == "running" for r in rows))
         sweep.kill()  # not waited for: the owner is a zombie while we re-run
         killed = time.time()
+        while psutil.Process(sweep.pid).status() != psutil.STATUS_ZOMBIE:  # SIGKILL lands
+            assert time.time() - killed < 10, "the killed sweep did not die"
+            time.sleep(0.01)
         monkeypatch.setenv("EQT_FAKE_DELAY", "0")
         assert main(argv, train_fn=fake_train) == 0
         rerun_s = time.time() - killed
