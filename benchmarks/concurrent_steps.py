@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
@@ -57,6 +58,14 @@ def _worker(rank: int, device: str, cells: list[tuple[Any, int]], barriers: list
             torch.cuda.empty_cache()
 
 
+def _break(barriers: list[Any]) -> None:
+    """Abort every barrier, from a thread given 2 s: a process that died inside a barrier's
+    bookkeeping would hold its lock forever (the peers then wait out `BARRIER_S`)."""
+    breaker = threading.Thread(target=lambda: [b.abort() for b in barriers], daemon=True)
+    breaker.start()
+    breaker.join(timeout=2)
+
+
 def time_together(cells: list[tuple[Any, int]], device: str, *, processes: int, timer: Timer,
                   repeats: int, time_left: Callable[[], float]
                   ) -> tuple[dict[int, list[float]], dict[int, str]]:
@@ -64,17 +73,18 @@ def time_together(cells: list[tuple[Any, int]], device: str, *, processes: int, 
 
     Returns ``(timings, errors)``: per cell index, the step times of the processes that timed
     it, and why a cell was not timed by all of them (a process's own error before a peer's
-    report that it failed). A process that dies (exit code other than 0) fails the cells it
-    had not reported, and the barriers are broken so that its peers stop waiting for it. Stops
-    when every process reported every cell or died, or when `time_left` falls under 10 s; the
-    processes are killed and reaped either way."""
+    report that it failed). Each process writes to a queue of its own (one that dies while
+    writing can only spoil its own). A process that dies (exit code other than 0) fails the
+    cells it had not reported, and the barriers are broken so that its peers stop waiting for
+    it. Stops when every process reported every cell or died, or when `time_left` falls under
+    10 s; the processes are killed and reaped either way."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    barriers, queue = [context.Barrier(processes) for _ in cells], context.Queue()
-    workers = [context.Process(target=_worker, daemon=True,
-                               args=(rank, device, cells, barriers, queue, timer, repeats))
-               for rank in range(processes)]
+    barriers = [context.Barrier(processes) for _ in cells]
+    queues = [context.Queue() for _ in range(processes)]
+    workers = [context.Process(target=_worker, daemon=True, args=(
+        rank, device, cells, barriers, queues[rank], timer, repeats)) for rank in range(processes)]
     timings: dict[int, list[float]] = {}
     errors: dict[int, str] = {}
     reported: list[set[int]] = [set() for _ in workers]
@@ -83,28 +93,33 @@ def time_together(cells: list[tuple[Any, int]], device: str, *, processes: int, 
         if index not in errors or errors[index] == PEER_FAILED:
             errors[index] = reason
 
-    try:
-        for worker in workers:
-            worker.start()
-        while time_left() > 10 and any(len(done) < len(cells) for done in reported):
-            try:
-                rank, index, message = queue.get(timeout=1)
-            except Empty:
-                for rank, worker in enumerate(workers):
-                    if worker.exitcode not in (None, 0) and len(reported[rank]) < len(cells):
-                        for index in set(range(len(cells))) - reported[rank]:
-                            fail(index, f"process {rank} died (exit code {worker.exitcode})")
-                        reported[rank] = set(range(len(cells)))
-                        for barrier in barriers:
-                            barrier.abort()
-                continue
-            if index in reported[rank]:
-                continue  # after its process was declared dead
+    def read(rank: int) -> bool:
+        """Take one message of process `rank`, if one is there."""
+        try:
+            _, index, message = queues[rank].get_nowait()
+        except Empty:
+            return False
+        if index not in reported[rank]:  # else: its process was already declared dead
             reported[rank].add(index)
             if isinstance(message, str):
                 fail(index, message)
             else:
                 timings.setdefault(index, []).append(message)
+        return True
+
+    try:
+        for worker in workers:
+            worker.start()
+        while time_left() > 10 and any(len(done) < len(cells) for done in reported):
+            if any([read(rank) for rank in range(processes)]):
+                continue
+            for rank, worker in enumerate(workers):
+                if worker.exitcode not in (None, 0) and len(reported[rank]) < len(cells):
+                    for index in set(range(len(cells))) - reported[rank]:
+                        fail(index, f"process {rank} died (exit code {worker.exitcode})")
+                    reported[rank] = set(range(len(cells)))
+                    _break(barriers)
+            time.sleep(0.05)
     finally:
         for worker in workers:
             if worker.is_alive():

@@ -212,6 +212,22 @@ def test_a_graphed_step_on_cpu_runs_eagerly_and_matches_the_eager_copy() -> None
     assert result["eager_step_s"] > 0 and result["graphed_step_s"] > 0
 
 
+def _concurrency_with(timer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`section_concurrency` of the quick plan in 2 processes on CPU with a fake `timer` (from
+    `tests.concurrency_fakes`, whose one failure is marked by a file in `tmp_path`);
+    ``(check, guard, section)``."""
+    from tests.concurrency_fakes import FAIL_ONCE
+
+    monkeypatch.setenv(FAIL_ONCE, str(tmp_path / "failed-once"))
+    monkeypatch.setattr(gpu_check, "PROCESSES", 2)
+    check = gpu_check.Check(out=tmp_path, device="cpu", quick=True, command="test")
+    check.results["ensembles"] = {"rows": [
+        {"label": label, "T": t, "members": 1, "step_s": 1e-3 * t}
+        for label in LABELS for t in gpu_check.QUICK_LENGTHS]}
+    guard = gpu_check.Guard(600)
+    return check, guard, gpu_check.section_concurrency(check, guard, timer=timer)
+
+
 def test_a_cell_that_fails_in_one_concurrent_process_fails_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,16 +235,9 @@ def test_a_cell_that_fails_in_one_concurrent_process_fails_alone(
     cell's barrier: that cell is reported failed, every later cell is still timed by every
     process (each cell has its own barrier), and the messages add up (one per process and
     cell, so the parent does not wait for the time guard)."""
-    from tests.concurrency_fakes import FAIL_ONCE, fake_time_run
+    from tests.concurrency_fakes import fake_time_run
 
-    monkeypatch.setenv(FAIL_ONCE, str(tmp_path / "failed"))
-    monkeypatch.setattr(gpu_check, "PROCESSES", 2)
-    check = gpu_check.Check(out=tmp_path, device="cpu", quick=True, command="test")
-    check.results["ensembles"] = {"rows": [
-        {"label": label, "T": t, "members": 1, "step_s": 1e-3 * t}
-        for label in LABELS for t in gpu_check.QUICK_LENGTHS]}
-    guard = gpu_check.Guard(600)
-    part = gpu_check.section_concurrency(check, guard, timer=fake_time_run)
+    check, guard, part = _concurrency_with(fake_time_run, tmp_path, monkeypatch)
     assert len(check.failures) == 1 and "T=16" in check.failures[0]
     assert "OutOfMemoryError: fake: out of memory" in check.failures[0]  # not the peers' report
     measured = {(r["label"], r["T"]) for r in part["rows"]}
@@ -254,16 +263,9 @@ def test_a_concurrent_process_that_dies_fails_its_cells_at_once(
     that cell's barrier: the parent notices the exit code, breaks the barriers, and reports that
     cell and every later one (no barrier can fill any more) as the dead process's, within
     seconds rather than a barrier timeout per cell; the cells before it stay measured."""
-    from tests.concurrency_fakes import FAIL_ONCE, dying_time_run
+    from tests.concurrency_fakes import dying_time_run
 
-    monkeypatch.setenv(FAIL_ONCE, str(tmp_path / "died"))
-    monkeypatch.setattr(gpu_check, "PROCESSES", 2)
-    check = gpu_check.Check(out=tmp_path, device="cpu", quick=True, command="test")
-    check.results["ensembles"] = {"rows": [
-        {"label": label, "T": t, "members": 1, "step_s": 1e-3 * t}
-        for label in LABELS for t in gpu_check.QUICK_LENGTHS]}
-    guard = gpu_check.Guard(600)
-    part = gpu_check.section_concurrency(check, guard, timer=dying_time_run)
+    check, guard, part = _concurrency_with(dying_time_run, tmp_path, monkeypatch)
     assert {r["T"] for r in part["rows"]} == {8}  # cells before the death
     # the first T = 16 cell and every later one fail; so may the cell just before, whose
     # message the dead process may not have flushed (os._exit does not)
