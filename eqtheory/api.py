@@ -59,12 +59,9 @@ def solve(
     `eqtheory.problem.PerPositionProblem`, come here directly). Arguments as in `minimize`."""
     check_z0(z0)
     check_budget(max_steps, divergence)
-    solver_obj = _shared_solver(solver, solver_options or {})
+    solver_obj = solvers.shared(solver, **(solver_options or {}))
     rule = stopping.shared(stop)
-    mode = (
-        backward_modes.REGISTRY.shared(backward) if isinstance(backward, str)
-        else backward_modes.resolve(backward)
-    )
+    mode = backward_modes.shared(backward)
 
     def run(p: Problem, start: Tensor) -> Solution:
         return iterate(
@@ -73,14 +70,6 @@ def solve(
         )
 
     return mode.solve(problem, z0, run)
-
-
-def _shared_solver(solver: str | Solver, options: dict[str, Any]) -> Solver:
-    """`solvers.resolve`, sharing the instance built for a name and options between solves
-    (`eqtheory.registry.Registry.shared`: not one that holds parameters or buffers)."""
-    if isinstance(solver, str):
-        return solvers.REGISTRY.shared(solver, **options)
-    return solvers.resolve(solver, **options)
 
 
 def minimize(

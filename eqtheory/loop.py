@@ -478,9 +478,9 @@ class _Trace:
         whose step was rejected and samples that had stopped)."""
         if not self.segments:
             out = {name: torch.stack(rows) for name, rows in self.rows.items()}
-        else:
-            stopped = {"residual": float("nan"), "active": False}
-            out = {name: self._rebuild(rows, stopped.get(name)) for name, rows in self.rows.items()}
+        else:  # a sample that left is inactive from then on (so its residual is NaN below)
+            out = {name: self._rebuild(rows, False if name == "active" else None)
+                   for name, rows in self.rows.items()}
         out["residual"] = torch.where(out["active"], out["residual"], float("nan"))
         return out
 

@@ -26,7 +26,15 @@ def resolve(backward: str | BackwardMode) -> BackwardMode:
     raise TypeError(f"backward must be a name or a BackwardMode, got {type(backward).__name__}")
 
 
+def shared(backward: str | BackwardMode) -> BackwardMode:
+    """`resolve`, sharing the instance built for a name between solves
+    (`eqtheory.registry.Registry.shared`: never one that holds parameters or buffers)."""
+    if isinstance(backward, str):
+        return BACKWARD.shared(backward)
+    return resolve(backward)
+
+
 __all__ = [
     "REGISTRY", "BackwardMode", "Implicit", "Phantom", "Unrolled", "conjugate_gradient",
-    "fixed_point_adjoint", "get", "names", "resolve",
+    "fixed_point_adjoint", "get", "names", "resolve", "shared",
 ]

@@ -42,7 +42,15 @@ def resolve(solver: str | Solver, **options: Any) -> Solver:
     raise TypeError(f"solver must be a name or a Solver, got {type(solver).__name__}")
 
 
+def shared(solver: str | Solver, **options: Any) -> Solver:
+    """`resolve`, sharing the instance built for a name and options between solves
+    (`eqtheory.registry.Registry.shared`: never one that holds parameters or buffers)."""
+    if isinstance(solver, str):
+        return SOLVERS.shared(solver, **options)
+    return resolve(solver, **options)
+
+
 __all__ = [
     "DEQ", "REGISTRY", "Anderson", "Broyden", "Diffusion", "GradientDescent", "Picard", "Solver",
-    "State", "TestTimeTraining", "get", "names", "observe", "resolve",
+    "State", "TestTimeTraining", "get", "names", "observe", "resolve", "shared",
 ]
