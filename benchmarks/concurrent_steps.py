@@ -11,7 +11,6 @@ that cell's). A process that dies without a message is noticed by its exit code.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from queue import Empty
 from typing import Any
 
 import torch
+
+from benchmarks.training_setup import release
 
 BARRIER_S = 300.0
 """How long a process waits at a barrier for its peers (a dead peer must not hang it)."""
@@ -53,9 +54,7 @@ def _worker(rank: int, device: str, cells: list[tuple[Any, int]], barriers: list
         except Exception as error:  # noqa: BLE001  (reported by the parent; peers released)
             queue.put((rank, index, f"{type(error).__name__}: {error}"[:300]))
             barrier.abort()  # after our reason is on its way: the peers' reports follow it
-        if device == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
+        release(device)
 
 
 def _break(barriers: list[Any]) -> None:

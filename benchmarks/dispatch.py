@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from ablations import tasks, train
 from ablations.config import RunConfig
 from ablations.evaluate import evaluate_all
 from benchmarks.common import Report, pin_threads
-from benchmarks.training_setup import training_setup
+from benchmarks.training_setup import paper_runs, training_setup
 from eqtheory.variants import build
 
 NO_KERNEL = frozenset({
@@ -179,17 +178,11 @@ def _configs(quick: bool) -> list[tuple[str, RunConfig]]:
     """The ``paper`` preset's runs (seed 0, T = `LENGTH`), planned at its size (the
     compute-matched control's depth depends on the width), then run at width `WIDTH`, batch
     `BATCH`, 2 heads (quick: 1 layer, and 2 for the compute-matched control)."""
-    from ablations.run import build_parser, plan
-
-    with tempfile.TemporaryDirectory() as scratch:  # a dry run writes nothing there
-        runs = plan(build_parser().parse_args([
-            "--preset", "paper", "--lengths", str(LENGTH), "--seeds", "0", "--device", "cpu",
-            "--dry-run", "--out", scratch])).runs
     small = dict(width=WIDTH, batch_size=BATCH, heads=2, test_size=BATCH,
                  eval_batch_size=BATCH, train_size=BATCH)
     return [(label, dataclasses.replace(config, **small, **(
         {"layers": QUICK["layers"] + (label == "compute-matched")} if quick else {})))
-            for label, config in runs]
+            for label, config in paper_runs("cpu", (LENGTH,))]
 
 
 def run(*, quick: bool = False) -> Report:

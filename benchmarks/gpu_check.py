@@ -49,7 +49,6 @@ tiny model (lengths 8, 16, 32; compile with the ``aot_eager`` backend) to check 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import re
 import sqlite3
@@ -67,7 +66,13 @@ import torch
 from benchmarks.common import machine, pin_threads
 from benchmarks.gpu_check_report import markdown
 from benchmarks.grid_extrapolation import extrapolate
-from benchmarks.training_setup import autocast_for, synchronize, training_setup
+from benchmarks.training_setup import (
+    autocast_for,
+    paper_runs,
+    release,
+    synchronize,
+    training_setup,
+)
 
 SECTIONS = ("steps", "ensembles", "concurrency", "graphs", "sweep", "packing", "tests",
             "compile", "scan")
@@ -123,15 +128,11 @@ class Check:
         (self.out / "gpu_check.md").write_text(markdown(payload))
 
 
-def plan_configs(device: str, quick: bool, lengths: tuple[int, ...], out: Path):
-    """``[(label, RunConfig)]`` that ``ablations.run --preset paper`` plans for seed 0."""
-    from ablations.run import build_parser, plan
-
-    argv = ["--preset", "paper", "--lengths", ",".join(map(str, lengths)), "--seeds", "0",
-            "--device", device, "--dry-run", "--out", str(out / "plan")]
-    for key, value in (QUICK_SIZE.items() if quick else ()):
-        argv += ["--set", f"{key}={value}"]
-    return plan(build_parser().parse_args(argv)).runs
+def plan_configs(device: str, quick: bool, lengths: tuple[int, ...]
+                 ) -> list[tuple[str, Any]]:
+    """``[(label, RunConfig)]`` that ``ablations.run --preset paper`` plans for seed 0 (quick:
+    at `QUICK_SIZE`)."""
+    return paper_runs(device, lengths, QUICK_SIZE if quick else None)
 
 
 def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool = True,
@@ -194,13 +195,11 @@ def section_steps(check: Check, guard: Guard, *, ensembles: bool) -> dict[str, A
     lengths = QUICK_LENGTHS if check.quick else LENGTHS
     seeds = len(presets.get("paper").seeds)
     rows, cut = [], []
-    for label, config in plan_configs(check.device, check.quick, lengths, check.scratch):
+    for label, config in plan_configs(check.device, check.quick, lengths):
         if guard.left() < NEED_S[name] / 2:
             cut.append(f"{label} T={config.length}")
             continue
-        if device.type == "cuda":  # the last cell's blocks: free for the driver (and auto)
-            gc.collect()
-            torch.cuda.empty_cache()
+        release(device)  # the last cell's blocks: free for the driver (and auto)
         members = ensemble_width("auto", config, seeds) if ensembles else 1
         while True:
             try:
@@ -249,13 +248,11 @@ def section_concurrency(check: Check, guard: Guard, *, timer: Callable[..., dict
     alone = {(r["label"], r["T"]): r for r in check.results.get("ensembles", {}).get("rows", [])}
     if not alone:
         raise RuntimeError("needs the ensembles section's rows (run it first)")
-    if check.device == "cuda":  # what this process holds is not the workers' to use
-        gc.collect()
-        torch.cuda.empty_cache()
+    release(check.device)  # what this process holds is not the workers' to use
     seeds = len(presets.get("paper").seeds)
     lengths = QUICK_LENGTHS if check.quick else LENGTHS
     cells = [(label, config, ensemble_width("auto", config, seeds, share=PROCESSES))
-             for label, config in plan_configs(check.device, check.quick, lengths, check.scratch)
+             for label, config in plan_configs(check.device, check.quick, lengths)
              if (label, config.length) in alone]
     started = time.perf_counter()
     timings, errors = time_together(
@@ -354,7 +351,7 @@ device, quick, backend = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 length, out = int(sys.argv[4]), Path(sys.argv[5])
 if device == "cpu":
     torch.set_num_threads(1)
-config = next(c for l, c in plan_configs(device, quick, (length,), out) if l == "eqt")
+config = next(c for l, c in plan_configs(device, quick, (length,)) if l == "eqt")
 rows = {name: time_run(config, torch.device(device), evaluate=False, compile_backend=b)
         for name, b in (("eager", None), ("compiled", backend))}
 (out / "compile.json").write_text(json.dumps(rows))
@@ -385,7 +382,7 @@ device, quick, out = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
 if device == "cpu":
     torch.set_num_threads(1)
 rows, failed = [], None
-for label, config in plan_configs(device, quick, QUICK_LENGTHS if quick else LENGTHS, out):
+for label, config in plan_configs(device, quick, QUICK_LENGTHS if quick else LENGTHS):
     row = {"label": label, "T": config.length}
     if failed is not None:  # a failed capture can leave this process's CUDA state unusable
         rows.append({**row, "error": f"not run after the failed capture of {failed}"})

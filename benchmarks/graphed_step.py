@@ -64,8 +64,7 @@ def drift(start: list[torch.Tensor], eager: list[torch.Tensor], graphed: list[to
 def measure(config: Any, device: torch.device) -> dict[str, Any]:
     """Eager against graphed training steps of `config` (see the module docstring)."""
     eager = training_setup(config, device)
-    twin = training_setup(config, device)
-    twin.model.load_state_dict(eager.model.state_dict())  # the same start, bit for bit
+    twin = training_setup(config, device)  # the same seeds: the same start, bit for bit
     if device.type == "cuda":  # AdamW refuses capture unless its step state is capturable
         for group in twin.optimizer.param_groups:
             group["capturable"] = True

@@ -192,11 +192,12 @@ def _accuracy(out: Path) -> dict[str, dict[str, float]]:
 GRID_JOBS = ("ensemble", "sequential", "pool")
 """The grid's jobs at this commit: ``--ensemble auto`` (with ``--workers N`` when N > 1), one run
 after another, and ``--workers N`` without ensembles."""
+DEFAULT_JOBS = ("ensemble", "sequential")
 
 
 def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
          seeds: str | None = None, workers: int = 1,
-         jobs_here: tuple[str, ...] = ("ensemble", "sequential")) -> dict[str, Any]:
+         jobs_here: tuple[str, ...] = DEFAULT_JOBS) -> dict[str, Any]:
     """Time ``python -m ablations.run --preset <preset> [--seeds <seeds>]`` at this commit as
     the `GRID_JOBS` named in ``jobs_here``, and, with ``baseline_commit``, sequentially at that
     commit (extracted with ``git archive`` under ``out``), one after another in this sitting;
@@ -261,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --grid: the runner's --seeds (default: the preset's)")
     parser.add_argument("--workers", type=int, default=1,
                         help="with --grid: the ensemble job's runner --workers (default: 1)")
-    parser.add_argument("--jobs", default="ensemble,sequential",
+    parser.add_argument("--jobs", default=",".join(DEFAULT_JOBS),
                         help="with --grid: which jobs at this commit, comma-separated, from "
-                             f"{', '.join(GRID_JOBS)} (default: ensemble,sequential; '' with "
-                             "--baseline-commit: only the baseline commit's)")
+                             f"{', '.join(GRID_JOBS)} (default: {','.join(DEFAULT_JOBS)}; '' "
+                             "with --baseline-commit: only the baseline commit's)")
     parser.add_argument("--quick", action="store_true", help="tiny step benchmark (seconds)")
     args = parser.parse_args(argv)
     jobs_here = tuple(name for name in args.jobs.split(",") if name)

@@ -5,6 +5,8 @@ benchmarks that time, count or capture it (`benchmarks.gpu_check`, `benchmarks.d
 from __future__ import annotations
 
 import contextlib
+import gc
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,3 +93,25 @@ def autocast_for(config: RunConfig, device: torch.device, *, cache: bool = True
     if config.amp and device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext
+
+
+def paper_runs(device: str, lengths: tuple[int, ...], settings: dict[str, Any] | None = None
+               ) -> list[tuple[str, RunConfig]]:
+    """``[(label, RunConfig)]`` that ``python -m ablations.run --preset paper`` plans for seed 0
+    at `lengths` on `device`, with ``--set key=value`` for each of `settings`."""
+    from ablations.run import build_parser, plan
+
+    argv = ["--preset", "paper", "--lengths", ",".join(map(str, lengths)), "--seeds", "0",
+            "--device", device, "--dry-run"]
+    for key, value in (settings or {}).items():
+        argv += ["--set", f"{key}={value}"]
+    with tempfile.TemporaryDirectory() as scratch:  # a dry run writes nothing there
+        return plan(build_parser().parse_args([*argv, "--out", scratch])).runs
+
+
+def release(device: torch.device | str) -> None:
+    """Give the CUDA allocator's cached blocks back to the driver (after collecting what is no
+    longer referenced): the next model, or another process on the device, can take them."""
+    if torch.device(device).type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -205,8 +205,7 @@ def test_graphed_extrapolation_divides_the_training_steps_by_the_measured_speedu
 def test_a_graphed_step_on_cpu_runs_eagerly_and_matches_the_eager_copy() -> None:
     from benchmarks import graphed_step
 
-    label, config = next(item for item in gpu_check.plan_configs(
-        "cpu", True, (8,), Path("unused")) if item[0] == "eqt")
+    config = next(c for label, c in gpu_check.plan_configs("cpu", True, (8,)) if label == "eqt")
     result = graphed_step.measure(config, torch.device("cpu"))
     assert result["captured"] is False and result["drift_max"] == 0.0
     assert result["eager_step_s"] > 0 and result["graphed_step_s"] > 0
