@@ -21,11 +21,10 @@ step cap runs to the loop's ``DEFAULT_MAX_STEPS``; a solver's ``memory`` option 
 Broyden) keeps that many past iterates; a block stores ``24 d`` activations per token (2 bytes
 each under ``amp``, else 4: Korthikanti et al.'s ``34 d`` bytes in 16 bits, raised to cover
 the peaks per run and per ensemble member that `benchmarks.gpu_check` measured on an H200) and
-no attention scores (the
-backbone's ``scaled_dot_product_attention`` is fused), plus ``WORKSPACE_BYTES`` for the
-libraries' workspaces. The
-estimates of the presets: smoke 4.5e11 FLOPs, 2.5e4 passes; cpu 2.8e13, 1.3e5; paper 4.3e17,
-1.3e7, 8.0 GiB for its largest run; recurrence 4.3e12, 3e4. Long values echo once in messages,
+no attention scores (the backbone's ``scaled_dot_product_attention`` is fused), plus
+``WORKSPACE_BYTES`` for the libraries' workspaces. The estimates of the presets: smoke 4.5e11
+FLOPs, 2.5e4 passes; cpu 2.8e13, 1.3e5; paper 4.3e17, 1.3e7, 8.0 GiB for its largest run;
+recurrence 4.3e12, 3e4. Long values echo once in messages,
 cut to ``ECHO_CHARS`` characters.
 """
 

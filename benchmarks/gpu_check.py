@@ -85,6 +85,8 @@ NEED_S = {"steps": 20, "ensembles": 20, "concurrency": 60, "graphs": 45, "sweep"
           "packing": 45, "tests": 40, "compile": 90, "scan": 40}
 """Seconds a section needs at least; it is left out when less than this remains."""
 ROOT = Path(__file__).resolve().parent.parent
+OUT = "DIR"
+"""How the reports write the ``--out`` folder (and every path under it)."""
 
 
 class Guard:
@@ -120,12 +122,15 @@ class Check:
         return self.out / "scratch"
 
     def write(self, guard: Guard) -> None:
+        """The two reports, with every path under `out` written from ``DIR`` (`out` is often
+        a scratch folder of a lent machine; the reports are read where they are copied)."""
         self.results["wall_s"] = guard.elapsed()
         payload = {"device": self.device, "quick": self.quick, "command": self.command,
                    "machine": machine(), "failures": self.failures, "left_out": self.left_out,
                    **self.results}
-        (self.out / "gpu_check.json").write_text(json.dumps(payload, indent=2, default=str))
-        (self.out / "gpu_check.md").write_text(markdown(payload))
+        text = json.dumps(payload, indent=2, default=str).replace(str(self.out.resolve()), OUT)
+        (self.out / "gpu_check.json").write_text(text)
+        (self.out / "gpu_check.md").write_text(markdown(json.loads(text)))
 
 
 def plan_configs(device: str, quick: bool, lengths: tuple[int, ...]
@@ -476,9 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         pin_threads(1)  # see benchmarks.common.THREADS: spinning threads on a busy machine
     guard = Guard(args.budget_s)
     (args.out / "scratch").mkdir(parents=True, exist_ok=True)
+    given = list(sys.argv[1:] if argv is None else argv)
+    shown = [OUT if i and given[i - 1] == "--out" else a for i, a in enumerate(given)]
     check = Check(out=args.out, device=args.device, quick=args.quick,
-                  command="python -m benchmarks.gpu_check " + " ".join(
-                      sys.argv[1:] if argv is None else argv))
+                  command="python -m benchmarks.gpu_check " + " ".join(shown))
     return run_sections(check, guard, sections)
 
 

@@ -92,6 +92,10 @@ def test_quick_cpu_pipeline_measures_extrapolates_and_runs_a_sweep(tmp_path: Pat
     # the two reports on top, the sections' files below (a device returns few files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md",
                                                          "scratch"]
+    # paths under --out written from DIR: the reports are read where they are copied to
+    raw = (tmp_path / "gpu_check.json").read_text()
+    assert str(tmp_path) not in raw and str(tmp_path) not in text
+    assert payload["command"].split("--out ")[1].startswith("DIR ")
 
 
 @pytest.mark.slow
