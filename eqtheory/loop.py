@@ -310,14 +310,17 @@ def _step(
     setup: _Setup, work: Problem, carry: _Carry, k: int
 ) -> tuple[State, Tensor, Tensor, dict[str, Tensor]]:
     """Step ``k``: the solver's step, acceptance (finite, within the divergence bound), the
-    freeze of samples not accepted, the rule's verdict and the statuses. Updates `carry` to
+    rule's verdict, the freeze of samples not accepted and the statuses. Updates `carry` to
     after the step (in place: nothing else holds it) and returns the trace row
     ``(state, residual, accepted, rule values)``.
 
-    With host checks it reads how many samples still run after the step; when that is as many
-    as before (a quiet step), no sample stopped or was rejected (``accept`` is ``active`` and
-    ``done`` is False on it), so the statuses and the quarantine stay as they were without
-    tensor work, and the counters only tally the step (`_add_counts`)."""
+    The rule sees the state after the freeze; its verdict and new state count only for
+    accepted samples (a rejected one stops with the reason and keeps its last state). With host
+    checks it reads how many samples still run after the step; when that is as many as before
+    (a quiet step), no sample stopped or was rejected, so the statuses and the quarantine stay
+    as they were without tensor work and the counters only tally the step (`_add_counts`).
+    While every sample of the working batch runs, the rule judges the new state as it comes
+    (no sample is frozen yet), and the freeze is needed only when the step was not quiet."""
     state, active = carry.state, carry.active
     new, spent, flagged = _solver_step(setup, work, carry)
     new_norm = batch_norm(_plain(new["z"]))
@@ -325,28 +328,31 @@ def _step(
     if flagged is not None:
         valid = valid & ~flagged
         quarantine = flagged if quarantine is None else quarantine | flagged
+    full = setup.host_checks and carry.running == active.shape[0]  # every sample runs
     # new_norm <= limit: within the bound and finite (the limit is finite)
-    accept = active & valid & (new_norm <= carry.limit)
-    residual = batch_norm(_plain(new["z"] - state["z"]))
-    if (
-        setup.host_checks and carry.running == accept.shape[0] and accept.device.type == "cpu"
-        and bool(accept.all())
-    ):  # every sample ran and was accepted: nothing to freeze (a free read on CPU)
-        kept, z_norm = new, new_norm
-    else:
-        kept = _freeze(accept, new, state, setup.frozen)
-        z_norm = torch.where(accept, new_norm, carry.z_norm)
+    accept = valid & (new_norm <= carry.limit)
+    if not full:
+        accept = accept & active
+    step_norm = new.get("step_norm")
+    residual = _plain(step_norm) if step_norm is not None else batch_norm(
+        _plain(new["z"] - state["z"]))
+    kept, z_norm = (new, new_norm) if full else _frozen(setup, carry, accept, new, new_norm)
     info = StepInfo(
         k, kept["z"], carry.start, residual, None, kept["energy"], state["energy"],
         kept["grad_norm"], setup.readout, previous_norm=carry.z_norm,
     )
     done, codes, new_rule_state = setup.stop.check(info, carry.rule_state)
-    rule_state = _merge(accept, new_rule_state, carry.rule_state) if new_rule_state else (
-        carry.rule_state
-    )
-    active_after = accept & ~done
+    active_after = accept > done  # accept & ~done for booleans, in one kernel
     running = int(active_after.count_nonzero()) if setup.host_checks else None
     quiet = running is not None and running == carry.running
+    if full and not quiet:  # some sample stopped or was rejected: freeze the rejected ones
+        kept, z_norm = _frozen(setup, carry, accept, new, new_norm)
+    if full and quiet:  # every sample was accepted
+        rule_state = new_rule_state or carry.rule_state
+    else:
+        rule_state = _merge(accept, new_rule_state, carry.rule_state) if new_rule_state else (
+            carry.rule_state
+        )
     _add_counts(carry, spent, accept, quiet)
     if not quiet:
         # samples that stop now: the rule's code if their step was accepted, else why it was not
@@ -360,6 +366,14 @@ def _step(
     carry.state, carry.rule_state, carry.z_norm = kept, rule_state, z_norm
     carry.active, carry.running, carry.quarantine = active_after, running, quarantine
     return kept, residual, accept, setup.stop.trace_values(rule_state)
+
+
+def _frozen(
+    setup: _Setup, carry: _Carry, accept: Tensor, new: State, new_norm: Tensor
+) -> tuple[State, Tensor]:
+    """The state after a step that samples not in ``accept`` do not take, and its ``||z||``."""
+    return (_freeze(accept, new, carry.state, setup.frozen),
+            torch.where(accept, new_norm, carry.z_norm))
 
 
 def _solver_step(

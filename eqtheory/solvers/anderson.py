@@ -83,7 +83,7 @@ class Anderson(Solver):
         z_new = (alpha @ F[:, :k])[:, 0]  # (B, n)
         if self.damping != 1:
             z_new = z_new - (1 - self.damping) * (alpha @ R[:, :k])[:, 0]
-        new = observe(problem, z_new.reshape(state["z"].shape))
+        new = observe(problem, z_new.reshape(state["z"].shape), like=state)
         r = -eta * flat(new["G"])  # T(z_new) - z_new
         slot = count % self.memory
         new["F"] = write_slot(F, 1, slot, z_new + r)

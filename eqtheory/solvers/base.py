@@ -8,7 +8,9 @@ its first dimension (when the loop compacts the batch of a `fixed_point(..., arg
 batch size shrinks, and every tensor whose first dimension equals it is gathered). Every state
 holds ``z`` (the iterate), ``energy`` (``[B]``, NaN for fixed-point problems) and ``grad_norm``
 (``[B]``, ``||G(z)||``) at the current iterate, so one evaluation per step serves both the update
-and the stopping rules.
+and the stopping rules. A solver that knows the length of its step ``||z_new - z||`` without
+computing it (Picard: ``beta * eta * ||G(z)||``) puts it in the new state as ``step_norm``
+(``[B]``); the loop computes it otherwise.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from eqtheory.problem import Problem, batch_norm, in_transform
 State = dict[str, Any]
 
 
-def observe(problem: Problem, z: Tensor) -> State:
+def observe(problem: Problem, z: Tensor, like: State | None = None) -> State:
     """Evaluate `problem` at ``z``: ``{"z", "G", "energy", "grad_norm"}`` (through the loop's
-    `Guard` while it records a graph)."""
+    `Guard` while it records a graph). ``like``: the state this step started from (same
+    problem, same batch), whose all-NaN ``energy`` a problem without an energy reuses."""
     guard = getattr(problem, "guard", None)
     evaluation = problem.evaluate(z) if guard is None else guard.evaluate(problem, z)
     energy = evaluation.energy
-    if energy is None:  # a problem without an energy (the loop does not freeze it)
-        energy = z.new_full((z.shape[0],), float("nan"))
+    if energy is None:  # a problem without an energy (the loop does not freeze it): NaN
+        energy = like["energy"] if like is not None else z.new_full((z.shape[0],), float("nan"))
     return {
         "z": z,
         "G": evaluation.optimality,

@@ -62,7 +62,7 @@ class Broyden(Solver):
         g = -eta * flat(state["G"])
         dz = -_apply(U[:, :used], V[:, :used], g)
         z_new = state["z"] + dz.reshape(state["z"].shape)
-        new = observe(problem, z_new)
+        new = observe(problem, z_new, like=state)
         dg = -eta * flat(new["G"]) - g
         inv_dg = _apply(U[:, :used], V[:, :used], dg)
         denominator = bdot(dz, inv_dg)
