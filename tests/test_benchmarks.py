@@ -41,10 +41,15 @@ def test_solvers_quick_converges_and_compares():
             assert row["converged"] and row["residual"] < row["tol"], row
     for problem in {r["problem"] for r in ours}:  # some solver of ours solves every problem
         assert any(r["converged"] for r in ours if r["problem"] == problem), problem
+    floor = [r for r in report.rows if r["library"] == "floor"]  # the bare loop, plain iteration
+    assert [r["problem"] for r in floor] == sorted({r["problem"] for r in ours}, key=[
+        r["problem"] for r in ours].index)
+    assert all(r["solver"] == "picard" and r["loop_over_f"] >= 1 for r in floor)
+    assert next(r for r in floor if r["problem"].startswith("tanh"))["converged"]
     if not solvers.peer_available():
         assert any("torchdeq is not installed" in note for note in report.notes)
         pytest.skip("torchdeq not installed (pip install -e '.[benchmarks]'): comparison skipped")
-    assert {r["library"] for r in report.rows} == {"ours", "torchdeq"}
+    assert {r["library"] for r in report.rows} == {"ours", "torchdeq", "floor"}
     assert all(r["f_calls"] >= 1 for r in report.rows)
 
 
