@@ -189,6 +189,41 @@ def _accuracy(out: Path) -> dict[str, dict[str, float]]:
             for series, by in table.items()}
 
 
+def run_seconds(target: Path) -> dict[str, float]:
+    """The seconds the done runs of the sweep in `target` report, summed: ``train``, ``eval``
+    and ``total`` (an ensemble member counts its share of the ensemble's training), and
+    ``runs``, how many. Each run held one core (the runner's ``--threads 1``), so ``total`` is
+    the job's core-seconds of work."""
+    from ablations.store import Store
+
+    with Store(target / "results.sqlite") as store:
+        done = [row.timings or {} for row in store.rows(status="done")]
+    sums = {key: sum(t.get(f"{key}_s", 0.0) for t in done) for key in ("train", "eval", "total")}
+    return {**sums, "runs": float(len(done))}
+
+
+def packing_floor(job: dict[str, Any], processes: int) -> dict[str, Any]:
+    """What `job`'s wall time (its ``grid.json`` entry, ``run_seconds`` in it) is made of: the
+    floor no schedule of its runs on ``processes`` processes gets below (their core-seconds
+    over ``processes``) and the wall time beyond it (process start-up, uneven ends, runs
+    slowed by sharing the machine)."""
+    floor = job["run_seconds"]["total"] / processes
+    return {"processes": processes, "floor_s": floor, "wall_over_floor": job["seconds"] / floor}
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    """Add every job's `run_seconds` and `packing_floor` to ``out/grid.json`` (written by
+    `grid`, its jobs' databases beside it) and write it back."""
+    result = json.loads((out / "grid.json").read_text())
+    for name, job in result["runs"].items():
+        job["run_seconds"] = run_seconds(out / name.replace("@", "-at-"))
+        words = job["command"].split()
+        processes = int(words[words.index("--workers") + 1]) if "--workers" in words else 1
+        job["packing"] = packing_floor(job, processes)
+    (out / "grid.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 GRID_JOBS = ("ensemble", "sequential", "pool")
 """The grid's jobs at this commit: ``--ensemble auto`` (with ``--workers N`` when N > 1), one run
 after another, and ``--workers N`` without ensembles."""
@@ -247,7 +282,7 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
                     if length in theirs.get(series, {}) and not math.isnan(a)]
             result[f"largest accuracy gap, {first} vs {other}"] = max(gaps, default=None)
         (out / "grid.json").write_text(json.dumps(result, indent=2))  # after every job
-    return result
+    return summarise(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --grid: which jobs at this commit, comma-separated, from "
                              f"{', '.join(GRID_JOBS)} (default: {','.join(DEFAULT_JOBS)}; '' "
                              "with --baseline-commit: only the baseline commit's)")
+    parser.add_argument("--summarise", type=Path, default=None, metavar="OUT",
+                        help="add each job's core-seconds and packing floor (core-seconds "
+                             "over its processes) to OUT/grid.json of an earlier --grid")
     parser.add_argument("--quick", action="store_true", help="tiny step benchmark (seconds)")
     args = parser.parse_args(argv)
     jobs_here = tuple(name for name in args.jobs.split(",") if name)
@@ -275,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"--baseline-commit), got {args.jobs!r}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.summarise is not None:
+        for name, job in summarise(args.summarise)["runs"].items():
+            packing, work = job["packing"], job["run_seconds"]
+            print(f"{name}: wall {job['seconds']:.0f} s; {work['runs']:.0f} runs, "
+                  f"{work['total']:.0f} core-s (train {work['train']:.0f}, eval "
+                  f"{work['eval']:.0f}); floor on {packing['processes']} process(es) "
+                  f"{packing['floor_s']:.0f} s, wall / floor {packing['wall_over_floor']:.2f}")
+        return 0
     if args.grid is None:
         print(run(quick=args.quick).markdown())
         return 0
