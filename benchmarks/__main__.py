@@ -13,7 +13,7 @@ from benchmarks.common import machine, pin_threads
 from eqtheory.registry import did_you_mean
 
 BENCHMARKS = ("solvers", "memory", "overhead", "throughput", "chain", "scan", "sweep",
-              "compile", "dispatch")
+              "compile", "dispatch", "step_time")
 
 
 def available() -> list[str]:

@@ -31,7 +31,7 @@ from ablations import tasks, train
 from ablations.config import RunConfig
 from ablations.evaluate import evaluate_all
 from benchmarks.common import Report, pin_threads
-from benchmarks.training_setup import paper_runs, training_setup
+from benchmarks.training_setup import planned_runs, training_setup
 from eqtheory.variants import build
 
 NO_KERNEL = frozenset({
@@ -182,7 +182,7 @@ def _configs(quick: bool) -> list[tuple[str, RunConfig]]:
                  eval_batch_size=BATCH, train_size=BATCH)
     return [(label, dataclasses.replace(config, **small, **(
         {"layers": QUICK["layers"] + (label == "compute-matched")} if quick else {})))
-            for label, config in paper_runs("cpu", (LENGTH,))]
+            for label, config in planned_runs("cpu", (LENGTH,))]
 
 
 def run(*, quick: bool = False) -> Report:

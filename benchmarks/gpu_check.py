@@ -68,7 +68,7 @@ from benchmarks.gpu_check_report import markdown
 from benchmarks.grid_extrapolation import extrapolate
 from benchmarks.training_setup import (
     autocast_for,
-    paper_runs,
+    planned_runs,
     release,
     synchronize,
     training_setup,
@@ -137,7 +137,7 @@ def plan_configs(device: str, quick: bool, lengths: tuple[int, ...]
                  ) -> list[tuple[str, Any]]:
     """``[(label, RunConfig)]`` that ``ablations.run --preset paper`` plans for seed 0 (quick:
     at `QUICK_SIZE`)."""
-    return paper_runs(device, lengths, QUICK_SIZE if quick else None)
+    return planned_runs(device, lengths, QUICK_SIZE if quick else None)
 
 
 def time_run(config, device: torch.device, *, members: int = 1, evaluate: bool = True,

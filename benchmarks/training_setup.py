@@ -95,13 +95,14 @@ def autocast_for(config: RunConfig, device: torch.device, *, cache: bool = True
     return contextlib.nullcontext
 
 
-def paper_runs(device: str, lengths: tuple[int, ...], settings: dict[str, Any] | None = None
-               ) -> list[tuple[str, RunConfig]]:
-    """``[(label, RunConfig)]`` that ``python -m ablations.run --preset paper`` plans for seed 0
-    at `lengths` on `device`, with ``--set key=value`` for each of `settings`."""
+def planned_runs(device: str, lengths: tuple[int, ...],
+                 settings: dict[str, Any] | None = None, *, preset: str = "paper"
+                 ) -> list[tuple[str, RunConfig]]:
+    """``[(label, RunConfig)]`` that ``python -m ablations.run --preset <preset>`` plans for
+    seed 0 at `lengths` on `device`, with ``--set key=value`` for each of `settings`."""
     from ablations.run import build_parser, plan
 
-    argv = ["--preset", "paper", "--lengths", ",".join(map(str, lengths)), "--seeds", "0",
+    argv = ["--preset", preset, "--lengths", ",".join(map(str, lengths)), "--seeds", "0",
             "--device", device, "--dry-run"]
     for key, value in (settings or {}).items():
         argv += ["--set", f"{key}={value}"]

@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from benchmarks import memory, overhead, solvers, throughput
 from benchmarks.__main__ import main
@@ -139,3 +140,24 @@ def test_dispatch_counts_do_not_depend_on_width_batch_or_length():
         step()
         counts.append(dispatch._counts(step))
     assert label == "eqt" and counts[0] == counts[1]
+
+
+def test_step_time_sorts_every_operator_into_a_kind_and_rates_the_matrix_products():
+    from benchmarks import step_time
+
+    assert step_time.kind_of("aten::addmm") == "matmul"
+    assert step_time.kind_of("aten::gelu_backward") == "gelu"
+    assert step_time.kind_of("aten::mul") == "other"
+    x = torch.randn(64, 64, requires_grad=True)
+
+    def step():  # 2 * 64^3 FLOPs of matrix product, and some element-wise work
+        (torch.nn.functional.gelu(x @ x) * 2).sum().backward()
+
+    row = step_time.breakdown(step, 3)
+    assert row["matmul ms"] > 0 and row["gelu ms"] > 0 and row["other ms"] > 0
+    assert row["attention ms"] == 0 and row["optimizer ms"] == 0
+    assert row["matmul GFLOP/s"] > 0 and row["step ms"] > 0
+    report = step_time.run(quick=True)
+    _check_report(report)
+    assert {r["label"] for r in report.rows} == {"baseline", "eqt", "aux-only", "compute-matched"}
+    assert all(0 < r["matmul share"] < 1 for r in report.rows)
