@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         report = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
         reports.append(report)
         print(report.markdown(), flush=True)
-    header = (f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+    header = (f"Machine: {info['cpu']} ({info['cpu_capability']}), {info['cores']} cores, "
+              f"torch {info['torch']}, "
               f"{info['threads']} threads, CUDA: {info['cuda']}\n\n"
               f"Command: python -m benchmarks {' '.join(sys.argv[1:] if argv is None else argv)}\n")
     if args.out is not None:

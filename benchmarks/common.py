@@ -98,7 +98,9 @@ def interleaved_medians(
 
 
 def machine() -> dict[str, Any]:
-    """What ran the benchmark: CPU model, cores, torch version, threads, device."""
+    """What ran the benchmark: CPU model, cores, the vector instructions torch's CPU kernels
+    use (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, ...), torch version,
+    threads, device."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -109,7 +111,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+        "cpu": model, "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -12,7 +12,8 @@ self CPU time (its own, without the operators it calls) is summed into a kind:
   ``optimizer`` (the fused AdamW), ``copies`` (``copy_``, ``to``, ``clone``, ``cat``, ``stack``);
 - ``other``: every other operator (element-wise arithmetic, reductions, ``where``, views).
 
-``step ms`` is the wall time per step without the profiler, ``profiled ms`` with it (the
+``ops`` counts the ``aten::`` operators a step dispatches (nested ones included). ``step ms``
+is the wall time per step without the profiler, ``profiled ms`` with it (the
 profiler's cost per operator falls mostly on the many small ones, so the kinds' times are read
 as shares of what the profiler saw, ``matmul share`` for the first). The shares say what
 a faster step would have to cut: on a CPU the matrix products and attention are arithmetic that
@@ -66,21 +67,23 @@ def _seconds(step: Any, steps: int) -> float:
 
 def breakdown(step: Any, steps: int) -> dict[str, float]:
     """Time ``steps`` calls of ``step()``, then profile as many: ``{"step ms", "profiled ms",
-    "<kind> ms" for every kind and other, "matmul GFLOP/s"}``, per step (self CPU time of the
-    ``aten::`` operators)."""
+    "ops", "<kind> ms" for every kind and other, "matmul GFLOP/s"}``, per step (``ops``: the
+    ``aten::`` operators dispatched, nested ones included; the times: their self CPU time)."""
     plain = _seconds(step, steps)
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         seconds = _seconds(step, steps)
     times = dict.fromkeys([*KINDS, "other"], 0.0)
-    matmul_flops = 0.0
+    matmul_flops, operators = 0.0, 0
     for event in prof.key_averages():
         if not event.key.startswith("aten::"):
             continue
+        operators += event.count
         kind = kind_of(event.key)
         times[kind] += event.self_cpu_time_total / 1e3  # us -> ms
         if kind == "matmul":
             matmul_flops += event.flops or 0
-    out = {"step ms": 1e3 * plain / steps, "profiled ms": 1e3 * seconds / steps}
+    out = {"step ms": 1e3 * plain / steps, "profiled ms": 1e3 * seconds / steps,
+           "ops": operators / steps}
     out.update({f"{kind} ms": value / steps for kind, value in times.items()})
     out["matmul GFLOP/s"] = matmul_flops / (times["matmul"] * 1e6) if times["matmul"] else 0.0
     return out
@@ -91,7 +94,7 @@ def run(*, quick: bool = False) -> Report:
     length = max(presets.get("cpu").lengths)
     settings = QUICK_SETTINGS if quick else None
     kinds = [f"{kind} ms" for kind in [*KINDS, "other"]]
-    columns = ["label", "length", "step ms", "profiled ms", *kinds, "matmul share",
+    columns = ["label", "length", "step ms", "profiled ms", "ops", *kinds, "matmul share",
                "matmul GFLOP/s"]
     report = Report("step_time", columns)
     for label, config in planned_runs("cpu", (8 if quick else length,), settings, preset="cpu"):

@@ -208,7 +208,8 @@ def packing_floor(job: dict[str, Any], processes: int) -> dict[str, Any]:
     over ``processes``) and the wall time beyond it (process start-up, uneven ends, runs
     slowed by sharing the machine)."""
     floor = job["run_seconds"]["total"] / processes
-    return {"processes": processes, "floor_s": floor, "wall_over_floor": job["seconds"] / floor}
+    return {"processes": processes, "floor_s": floor,
+            "wall_over_floor": job["seconds"] / floor if floor > 0 else None}
 
 
 def summarise(out: Path) -> dict[str, Any]:
@@ -216,7 +217,10 @@ def summarise(out: Path) -> dict[str, Any]:
     `grid`, its jobs' databases beside it) and write it back."""
     result = json.loads((out / "grid.json").read_text())
     for name, job in result["runs"].items():
-        job["run_seconds"] = run_seconds(out / name.replace("@", "-at-"))
+        target = out / name.replace("@", "-at-")
+        if not (target / "results.sqlite").exists():  # a job that never started: nothing
+            continue
+        job["run_seconds"] = run_seconds(target)
         words = job["command"].split()
         processes = int(words[words.index("--workers") + 1]) if "--workers" in words else 1
         job["packing"] = packing_floor(job, processes)
@@ -315,11 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.summarise is not None:
         for name, job in summarise(args.summarise)["runs"].items():
+            if "packing" not in job:
+                print(f"{name}: no results database")
+                continue
             packing, work = job["packing"], job["run_seconds"]
+            ratio = packing["wall_over_floor"] or math.nan
             print(f"{name}: wall {job['seconds']:.0f} s; {work['runs']:.0f} runs, "
                   f"{work['total']:.0f} core-s (train {work['train']:.0f}, eval "
                   f"{work['eval']:.0f}); floor on {packing['processes']} process(es) "
-                  f"{packing['floor_s']:.0f} s, wall / floor {packing['wall_over_floor']:.2f}")
+                  f"{packing['floor_s']:.0f} s, wall / floor {ratio:.2f}")
         return 0
     if args.grid is None:
         print(run(quick=args.quick).markdown())

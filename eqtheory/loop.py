@@ -17,9 +17,9 @@ The loop ends when no sample is active or after ``max_steps`` iterations (``MAX_
 still run (one read per step). A step after which as many run as before stopped and rejected
 no sample, so it leaves the statuses as they were and only tallies the step and evaluation
 counters, which are added to the active samples when a sample next stops (`_Carry.settle`); a
-step in which every sample of the working batch ran and was accepted freezes nothing (on CPU,
-where asking is free). Per step the loop's own work is then three norms (the iterate, the step,
-``||G||`` in `eqtheory.solvers.observe`), the acceptance test, the rule and the reads.
+quiet step while every sample of the working batch runs freezes nothing. Per step the loop's
+own work is then three norms (the iterate, the step, ``||G||`` in `eqtheory.solvers.observe`),
+the acceptance test, the rule and the one read.
 
 **Budget path.** When the rule is a pure step budget (`StopRule.budget` set and
 `StopRule.stops_early` False: ``steps=K``, the setting of every training step), the loop takes
@@ -314,13 +314,14 @@ def _step(
     after the step (in place: nothing else holds it) and returns the trace row
     ``(state, residual, accepted, rule values)``.
 
-    The rule sees the state after the freeze; its verdict and new state count only for
-    accepted samples (a rejected one stops with the reason and keeps its last state). With host
-    checks it reads how many samples still run after the step; when that is as many as before
-    (a quiet step), no sample stopped or was rejected, so the statuses and the quarantine stay
-    as they were without tensor work and the counters only tally the step (`_add_counts`).
-    While every sample of the working batch runs, the rule judges the new state as it comes
-    (no sample is frozen yet), and the freeze is needed only when the step was not quiet."""
+    The rule's verdict and new state count only for accepted samples (a rejected one stops with
+    the reason and keeps its last state). It sees the state after the freeze, except while every
+    sample of the working batch runs: then no sample is frozen yet and it judges the new state
+    as it comes (a sample rejected at this step included, whose verdict is discarded), and the
+    freeze is done only when the step was not quiet. With host checks the step reads how many
+    samples still run after it; when that is as many as before (a quiet step), no sample
+    stopped or was rejected, so the statuses and the quarantine stay as they were without
+    tensor work and the counters only tally the step (`_add_counts`)."""
     state, active = carry.state, carry.active
     new, spent, flagged = _solver_step(setup, work, carry)
     new_norm = batch_norm(_plain(new["z"]))
@@ -333,9 +334,8 @@ def _step(
     accept = valid & (new_norm <= carry.limit)
     if not full:
         accept = accept & active
-    step_norm = new.get("step_norm")
-    residual = _plain(step_norm) if step_norm is not None else batch_norm(
-        _plain(new["z"] - state["z"]))
+    # the step actually taken (0 once rounding stalls the iterate), not the one intended
+    residual = batch_norm(_plain(new["z"] - state["z"]))
     kept, z_norm = (new, new_norm) if full else _frozen(setup, carry, accept, new, new_norm)
     info = StepInfo(
         k, kept["z"], carry.start, residual, None, kept["energy"], state["energy"],

@@ -43,8 +43,7 @@ def test_solvers_quick_converges_and_compares():
     for problem in {r["problem"] for r in ours}:  # some solver of ours solves every problem
         assert any(r["converged"] for r in ours if r["problem"] == problem), problem
     floor = [r for r in report.rows if r["library"] == "floor"]  # the bare loop, plain iteration
-    assert [r["problem"] for r in floor] == sorted({r["problem"] for r in ours}, key=[
-        r["problem"] for r in ours].index)
+    assert [r["problem"] for r in floor] == list(dict.fromkeys(r["problem"] for r in ours))
     assert all(r["solver"] == "picard" and r["loop_over_f"] >= 1 for r in floor)
     assert next(r for r in floor if r["problem"].startswith("tanh"))["converged"]
     if not solvers.peer_available():
@@ -156,7 +155,7 @@ def test_step_time_sorts_every_operator_into_a_kind_and_rates_the_matrix_product
     row = step_time.breakdown(step, 3)
     assert row["matmul ms"] > 0 and row["gelu ms"] > 0 and row["other ms"] > 0
     assert row["attention ms"] == 0 and row["optimizer ms"] == 0
-    assert row["matmul GFLOP/s"] > 0 and row["step ms"] > 0
+    assert row["matmul GFLOP/s"] > 0 and row["step ms"] > 0 and row["ops"] >= 6
     report = step_time.run(quick=True)
     _check_report(report)
     assert {r["label"] for r in report.rows} == {"baseline", "eqt", "aux-only", "compute-matched"}

@@ -184,3 +184,49 @@ def test_an_explicit_step_budget_overrides_the_default_cap():
             lambda z: (z**2).sum(1), torch.ones(1, 2), stop="steps=1500", step_size=1e-4
         )
     assert sol.steps.tolist() == [1500]
+
+
+def test_the_residual_is_the_step_actually_taken():
+    """``residual`` is ``||z_k - z_{k-1}||`` as computed from the iterates (damped Picard), so
+    an iterate that rounding can no longer move has residual 0 and converges under
+    ``residual<tol``, though the step it would take, ``beta * eta * ||G||``, is not 0."""
+    with torch.no_grad():
+        sol = eqt.fixed_point(lambda z: 0.5 * z + 1.3, torch.zeros(3, 4, dtype=torch.float64),
+                              solver="picard", damping=0.5, stop="steps=6")
+    iterates = [torch.zeros(3, 4, dtype=torch.float64)]
+    for _ in range(6):
+        previous = iterates[-1]
+        iterates.append(previous - 0.5 * (previous - (0.5 * previous + 1.3)))
+    steps = torch.stack([torch.linalg.vector_norm(b - a, dim=1)
+                         for a, b in zip(iterates, iterates[1:])])
+    assert torch.equal(sol.trace["residual"][1:], steps)
+    target = torch.full((2, 8), 123.4)  # float32: the iterate stalls one ulp short
+    stalled = eqt.minimize(lambda z: 0.5 * ((z - target) ** 2).sum(1), torch.zeros(2, 8),
+                           solver="picard", stop="residual<1e-6|steps=1000")
+    assert stalled.status.tolist() == [eqt.Status.CONVERGED] * 2
+    assert stalled.steps.max() < 1000
+
+
+def test_a_sample_rejected_while_every_sample_runs_leaves_the_others_and_stateful_rules_alone():
+    """In a full working batch the rule judges the new states before the freeze: a sample whose
+    step turns non-finite stops NONFINITE at its last finite iterate, and the rest (and the
+    `stable` rule's per-sample state) run as they do without it."""
+
+    def f(z, a):  # sample with a = 1 heads for 2 and turns infinite once past 1.5
+        blown = z.abs().amax(dim=1, keepdim=True) > 1.5
+        return torch.where(blown, torch.inf, 0.5 * z + a)
+
+    a = torch.tensor([[0.5], [1.0], [0.25]], dtype=torch.float64).expand(3, DIM).contiguous()
+    z0 = torch.zeros(3, DIM, dtype=torch.float64)
+    rule = "stable=6|grad<1e-9|steps=200"
+    readout = lambda z: torch.stack([z, 1 - z], dim=-1)  # noqa: E731 - two "tokens" per entry
+    with torch.no_grad():
+        sol = eqt.fixed_point(f, z0, args=(a,), solver="picard", stop=rule, readout=readout)
+        clean = eqt.fixed_point(f, z0[[0, 2]], args=(a[[0, 2]],), solver="picard", stop=rule,
+                                readout=readout)
+    assert sol.status.tolist()[1] == eqt.Status.NONFINITE
+    assert sol.steps[1] == 2 and clean.steps.min() > 3  # rejected at step 3, all running
+    assert torch.isfinite(sol.z[1]).all() and sol.z[1].abs().max() <= 1.5
+    assert torch.equal(sol.z[[0, 2]], clean.z)
+    assert sol.status[[0, 2]].tolist() == clean.status.tolist()
+    assert sol.steps[[0, 2]].tolist() == clean.steps.tolist()

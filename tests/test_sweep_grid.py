@@ -36,10 +36,13 @@ def test_summarise_adds_core_seconds_and_the_packing_floor(tmp_path, capsys):
     import json
 
     _job(tmp_path / "pool", [30.0, 50.0, 20.0])
-    _job(tmp_path / "sequential", [40.0])
+    _job(tmp_path / "sequential-at-abc123", [40.0])
+    _job(tmp_path / "ensemble", [])  # started, nothing finished
     (tmp_path / "grid.json").write_text(json.dumps({"runs": {
         "pool": {"command": "-m ablations.run --preset cpu --workers 2", "seconds": 80.0},
-        "sequential": {"command": "-m ablations.run --preset cpu", "seconds": 44.0},
+        "sequential@abc123": {"command": "-m ablations.run --preset cpu", "seconds": 44.0},
+        "ensemble": {"command": "-m ablations.run --ensemble auto", "seconds": 3.0},
+        "killed": {"command": "-m ablations.run --preset cpu", "seconds": 1.0},  # no database
     }}))
     assert sweep.main(["--summarise", str(tmp_path)]) == 0
     runs = json.loads((tmp_path / "grid.json").read_text())["runs"]
@@ -47,5 +50,9 @@ def test_summarise_adds_core_seconds_and_the_packing_floor(tmp_path, capsys):
                                            "runs": 3.0}
     assert runs["pool"]["packing"] == {"processes": 2, "floor_s": 50.0,
                                        "wall_over_floor": 1.6}
-    assert runs["sequential"]["packing"]["floor_s"] == 40.0
-    assert "floor on 2 process(es) 50 s" in capsys.readouterr().out
+    assert runs["sequential@abc123"]["packing"]["floor_s"] == 40.0
+    assert runs["ensemble"]["packing"] == {"processes": 1, "floor_s": 0.0,
+                                           "wall_over_floor": None}
+    assert "packing" not in runs["killed"] and not (tmp_path / "killed").exists()
+    printed = capsys.readouterr().out
+    assert "floor on 2 process(es) 50 s" in printed and "killed: no results database" in printed

@@ -8,9 +8,7 @@ its first dimension (when the loop compacts the batch of a `fixed_point(..., arg
 batch size shrinks, and every tensor whose first dimension equals it is gathered). Every state
 holds ``z`` (the iterate), ``energy`` (``[B]``, NaN for fixed-point problems) and ``grad_norm``
 (``[B]``, ``||G(z)||``) at the current iterate, so one evaluation per step serves both the update
-and the stopping rules. A solver that knows the length of its step ``||z_new - z||`` without
-computing it (Picard: ``beta * eta * ||G(z)||``) puts it in the new state as ``step_norm``
-(``[B]``); the loop computes it otherwise.
+and the stopping rules.
 """
 
 from __future__ import annotations

@@ -35,10 +35,5 @@ class Picard(Solver):
 
     def step(self, problem: Problem, state: State) -> tuple[State, Tensor | int]:
         scale = self.damping * self.step_size_for(problem, self.step_size)
-        if scale == 1:  # plain f(z): one op fewer
-            step, step_norm = state["G"], state["grad_norm"]
-        else:
-            step, step_norm = scale * state["G"], scale * state["grad_norm"]
-        new = observe(problem, state["z"] - step, like=state)
-        new["step_norm"] = step_norm
-        return new, 1
+        step = state["G"] if scale == 1 else scale * state["G"]  # one op fewer for plain f(z)
+        return observe(problem, state["z"] - step, like=state), 1
