@@ -212,18 +212,24 @@ def packing_floor(job: dict[str, Any], processes: int) -> dict[str, Any]:
             "wall_over_floor": job["seconds"] / floor if floor > 0 else None}
 
 
+def _add_work(job: dict[str, Any], target: Path) -> None:
+    """Put `run_seconds` and `packing_floor` into `job` (a ``grid.json`` entry whose runner
+    ``command`` worked in `target`); the processes it ran at once are its ``--workers``."""
+    words = job["command"].split()
+    processes = int(words[words.index("--workers") + 1]) if "--workers" in words else 1
+    job["run_seconds"] = run_seconds(target)
+    job["packing"] = packing_floor(job, processes)
+
+
 def summarise(out: Path) -> dict[str, Any]:
     """Add every job's `run_seconds` and `packing_floor` to ``out/grid.json`` (written by
-    `grid`, its jobs' databases beside it) and write it back."""
+    `grid`, its jobs' databases beside it; a grid from before `grid` wrote them) and write it
+    back."""
     result = json.loads((out / "grid.json").read_text())
     for name, job in result["runs"].items():
         target = out / name.replace("@", "-at-")
-        if not (target / "results.sqlite").exists():  # a job that never started: nothing
-            continue
-        job["run_seconds"] = run_seconds(target)
-        words = job["command"].split()
-        processes = int(words[words.index("--workers") + 1]) if "--workers" in words else 1
-        job["packing"] = packing_floor(job, processes)
+        if (target / "results.sqlite").exists():  # else a job that never started: nothing
+            _add_work(job, target)
     (out / "grid.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -273,6 +279,7 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
             "load_before": before, "load_after": os.getloadavg(),
             "accuracy": _accuracy(target),
         }
+        _add_work(result["runs"][name], target)
         print(f"{name}: {seconds / 60:.1f} min (load {os.getloadavg()[0]:.2f})", flush=True)
         runs = result["runs"]
         first = jobs[0][0]
@@ -286,7 +293,7 @@ def grid(out: Path, *, baseline_commit: str | None, preset: str = "cpu",
                     if length in theirs.get(series, {}) and not math.isnan(a)]
             result[f"largest accuracy gap, {first} vs {other}"] = max(gaps, default=None)
         (out / "grid.json").write_text(json.dumps(result, indent=2))  # after every job
-    return summarise(out)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -345,11 +345,11 @@ def _step(
     active_after = accept > done  # accept & ~done for booleans, in one kernel
     running = int(active_after.count_nonzero()) if setup.host_checks else None
     quiet = running is not None and running == carry.running
-    if full and not quiet:  # some sample stopped or was rejected: freeze the rejected ones
-        kept, z_norm = _frozen(setup, carry, accept, new, new_norm)
-    if full and quiet:  # every sample was accepted
+    if full and quiet:  # every sample was accepted and goes on: nothing to freeze or merge
         rule_state = new_rule_state or carry.rule_state
     else:
+        if full:  # some sample stopped or was rejected: freeze the rejected ones now
+            kept, z_norm = _frozen(setup, carry, accept, new, new_norm)
         rule_state = _merge(accept, new_rule_state, carry.rule_state) if new_rule_state else (
             carry.rule_state
         )
